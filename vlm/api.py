@@ -1,0 +1,136 @@
+"""The Python API: ``VLM.build / load / save / ask / ask_batch / stream / chat / info``."""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from . import compose, generation
+from .config import GenerationOptions, InputLimits
+from .images import ImageInput
+from .messages import normalise, user_turn
+from .registry import resolve_model
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+# Measured on this CPU (SmolLM2-135M, bench/): bf16 prefill is ~3x faster than fp32, but decode is ~15%
+# slower at this size, so end-to-end `ask` latency is a wash; fp32 keeps greedy outputs identical to the
+# stock transformers baseline, so it is the default.
+DEFAULT_DTYPE = torch.float32
+
+
+def as_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return DEFAULT_DTYPE
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}") from None
+
+
+class VLM:
+    """A llava model with its processor, plus the input checks and generation loop around them."""
+
+    def __init__(self, model, processor, *, name: str | None = None, limits: InputLimits | None = None):
+        self.model = model
+        self.processor = processor
+        self.name = name or "vlm"
+        self.limits = limits or InputLimits()
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def build(cls, vision, llm: str | os.PathLike = "smollm2-135m-instruct", dtype=None, **kw) -> "VLM":
+        """Compose a new model. ``vision``: HF CLIP id, local dir, or a ``CLIPVisionConfig``."""
+        model, processor = compose.build(vision, llm, as_dtype(dtype))
+        return cls(model, processor, **kw)
+
+    @classmethod
+    def load(cls, name_or_path: str | os.PathLike = "vlm-tiny", dtype=None, **kw) -> "VLM":
+        """Load a registered name, a saved vlm/llava folder, or an unmerged LoRA adapter folder."""
+        model, processor = resolve_model(name_or_path, as_dtype(dtype))
+        kw.setdefault("name", str(name_or_path))
+        return cls(model, processor, **kw)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a plain Hugging Face llava folder (safetensors) that stock transformers loads."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path, safe_serialization=True)
+        self.processor.save_pretrained(path)
+        return path
+
+    # -- generation ---------------------------------------------------------------------------
+    def _encode(self, conversations: list[list[dict]], opts: GenerationOptions):
+        normed, images = zip(*(normalise(c, self.limits) for c in conversations))
+        return generation.encode(self.model, self.processor, list(normed), list(images), opts)
+
+    def chat(self, messages: list[dict], options: GenerationOptions | None = None, **gen) -> str:
+        """Answer the last user turn of a conversation (content: str or list of image/text parts)."""
+        opts = GenerationOptions.from_kwargs(options, **gen)
+        return generation.generate(self.model, self.processor, self._encode([messages], opts), opts)[0]
+
+    def chat_batch(self, conversations: list[list[dict]], options=None, **gen) -> list[str]:
+        opts = GenerationOptions.from_kwargs(options, **gen)
+        if not conversations:
+            return []
+        return generation.generate(self.model, self.processor, self._encode(conversations, opts), opts)
+
+    def chat_stream(
+        self, messages: list[dict], options=None, cancel: threading.Event | None = None, **gen
+    ) -> Iterator[str]:
+        opts = GenerationOptions.from_kwargs(options, **gen)
+        batch = self._encode([messages], opts)  # errors surface here, before the first piece
+        return generation.stream(self.model, self.processor, batch, opts, cancel)
+
+    def ask(self, image: ImageInput | None, question: str, options=None, **gen) -> str:
+        return self.chat(user_turn(image, question), options, **gen)
+
+    def ask_batch(self, pairs: list[tuple[ImageInput | None, str]], options=None, **gen) -> list[str]:
+        """Answer many (image, question) pairs in one batched ``generate`` call."""
+        return self.chat_batch([user_turn(img, q) for img, q in pairs], options, **gen)
+
+    def stream(self, image: ImageInput | None, question: str, options=None, cancel=None, **gen) -> Iterator[str]:
+        return self.chat_stream(user_turn(image, question), options, cancel, **gen)
+
+    # -- introspection ------------------------------------------------------------------------
+    def info(self) -> dict:
+        cfg = self.model.config
+        vc, tc = cfg.vision_config, cfg.text_config
+        inner = self.model.model
+
+        def count(module) -> int:
+            return sum(p.numel() for p in module.parameters())
+
+        return {
+            "name": self.name,
+            "dtype": str(self.model.dtype).replace("torch.", ""),
+            "vision_tower": {
+                "type": type(inner.vision_tower).__name__,
+                "image_size": vc.image_size,
+                "patch_size": vc.patch_size,
+                "hidden_size": vc.hidden_size,
+                "layers": vc.num_hidden_layers,
+                "feature_layer": cfg.vision_feature_layer,
+                "parameters": count(inner.vision_tower),
+            },
+            "projector": {
+                "type": "mlp2x_gelu",
+                "in": inner.multi_modal_projector.linear_1.in_features,
+                "out": inner.multi_modal_projector.linear_2.out_features,
+                "parameters": count(inner.multi_modal_projector),
+            },
+            "llm": {
+                "type": tc.model_type,
+                "hidden_size": tc.hidden_size,
+                "layers": tc.num_hidden_layers,
+                "vocab_size": tc.vocab_size,
+                "context_length": generation.context_length(self.model),
+                "parameters": count(inner.language_model),
+            },
+            "image_tokens": cfg.image_seq_length,
+            "parameters": count(self.model),
+        }

@@ -1,0 +1,1 @@
+"""Subcommands of the ``vlm`` CLI (see ``vlm.cli.COMMANDS``)."""

@@ -1,0 +1,33 @@
+"""Arguments shared by subcommands."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="vlm-tiny", help="shipped name or model folder (default: vlm-tiny)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="weights dtype")
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def generation_kwargs(args: argparse.Namespace) -> dict:
+    return dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=args.stop,
+    )
+
+
+def load_model(args: argparse.Namespace):
+    from vlm import VLM
+
+    return VLM.load(args.model, dtype=args.dtype)

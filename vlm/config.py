@@ -1,0 +1,62 @@
+"""Typed configuration for vlm: generation options, input limits and tower presets."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class GenerationOptions:
+    """How to decode. ``temperature == 0`` means greedy decoding."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = [s for s in self.stop if s]
+
+    @classmethod
+    def from_kwargs(cls, options: "GenerationOptions | None" = None, **kwargs) -> "GenerationOptions":
+        """Merge keyword overrides (``None`` values ignored) into ``options``."""
+        base = asdict(options) if options is not None else {}
+        unknown = set(kwargs) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
+        base.update({k: v for k, v in kwargs.items() if v is not None})
+        return cls(**base)
+
+
+@dataclass
+class InputLimits:
+    """Guards applied to every image and prompt before it reaches the model."""
+
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_images: int = 8
+
+
+@dataclass
+class TowerPreset:
+    """A fresh CLIP ViT tower, as trained by stage 0. Fields map onto ``CLIPVisionConfig``."""
+
+    image_size: int = 112
+    patch_size: int = 16
+    hidden_size: int = 256
+    intermediate_size: int = 1024
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 4
+
+    def to_config(self):
+        from transformers import CLIPVisionConfig
+
+        return CLIPVisionConfig(**asdict(self))

@@ -1,0 +1,132 @@
+"""Generation on a llava model: prompt building, batched decoding, streaming with cancellation."""
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from .config import GenerationOptions
+from .errors import InputError
+from .messages import check_placeholders
+
+
+class CancelCriteria(StoppingCriteria):
+    """Stops generation as soon as ``event`` is set (the Stop button, a closed stream)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def context_length(model) -> int:
+    return int(getattr(model.config.text_config, "max_position_embeddings", 2048))
+
+
+def encode(model, processor, conversations: list[list[dict]], images: list[list], opts: GenerationOptions):
+    """Tokenise a batch of conversations (already normalised) with their images, checking limits."""
+    prompts = []
+    for conv, imgs in zip(conversations, images):
+        prompt = processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+        check_placeholders(prompt, len(imgs))
+        prompts.append(prompt)
+    flat = [img for imgs in images for img in imgs]
+    batch = processor(text=prompts, images=flat or None, padding=True, return_tensors="pt")
+    limit = context_length(model)
+    longest = int(batch["attention_mask"].sum(-1).max())
+    if longest + opts.max_new_tokens > limit:
+        raise InputError(
+            f"prompt is {longest} tokens (images included) and max_new_tokens is {opts.max_new_tokens}; "
+            f"the model's context is {limit} tokens"
+        )
+    if "pixel_values" in batch:
+        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+    return batch
+
+
+def generate_kwargs(model, processor, opts: GenerationOptions) -> dict:
+    tok = processor.tokenizer
+    kwargs = dict(
+        max_new_tokens=opts.max_new_tokens,
+        do_sample=opts.temperature > 0,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        suppress_tokens=[model.config.image_token_id],
+    )
+    if opts.temperature > 0:
+        kwargs.update(temperature=opts.temperature, top_p=opts.top_p)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    if opts.stop:
+        kwargs.update(stop_strings=opts.stop, tokenizer=tok)
+    return kwargs
+
+
+def trim_stop(text: str, stops: list[str]) -> str:
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None):
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def generate(model, processor, batch, opts: GenerationOptions, cancel: threading.Event | None = None) -> list[str]:
+    kwargs = generate_kwargs(model, processor, opts)
+    if cancel is not None:
+        kwargs["stopping_criteria"] = StoppingCriteriaList([CancelCriteria(cancel)])
+    with torch.inference_mode(), _seeded(opts.seed):
+        out = model.generate(**batch, **kwargs)
+    new = out[:, batch["input_ids"].shape[1]:]
+    texts = processor.tokenizer.batch_decode(new, skip_special_tokens=True)
+    return [trim_stop(t, opts.stop).strip() for t in texts]
+
+
+def stream(model, processor, batch, opts: GenerationOptions, cancel: threading.Event | None = None) -> Iterator[str]:
+    """Yield text pieces as they are decoded. Closing the iterator (or setting ``cancel``) stops decoding."""
+    cancel = cancel or threading.Event()
+    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    kwargs = generate_kwargs(model, processor, opts)
+    kwargs.update(streamer=streamer, stopping_criteria=StoppingCriteriaList([CancelCriteria(cancel)]))
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            with torch.inference_mode(), _seeded(opts.seed):
+                model.generate(**batch, **kwargs)
+        except BaseException as exc:  # re-raised in the consumer's thread
+            errors.append(exc)
+            streamer.end()
+
+    worker = threading.Thread(target=run, name="vlm-generate", daemon=True)
+    worker.start()
+    hold = max((len(s) for s in opts.stop), default=1) - 1  # chars that may start a stop string
+    text, sent = "", 0
+    try:
+        for piece in streamer:
+            text += piece
+            if opts.stop:
+                cut = trim_stop(text, opts.stop)
+                if len(cut) < len(text):  # a stop string appeared: emit up to it and finish
+                    text = cut
+                    break
+            safe = len(text) - hold if opts.stop else len(text)
+            if safe > sent:
+                yield text[sent:safe]
+                sent = safe
+        if len(text) > sent:
+            yield text[sent:]
+    finally:
+        cancel.set()
+        worker.join()
+    if errors:
+        raise errors[0]

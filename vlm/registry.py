@@ -1,0 +1,46 @@
+"""Model names and folders -> (llava model, processor).
+
+A name is looked up among the models shipped with vlm (``vlm/assets/<name>``); a folder is read by its
+contents: ``adapter_config.json`` means an unmerged LoRA adapter, ``vlm_parts.json`` a parts folder
+(tower + projector + adapter over a registered base LLM), ``config.json`` with ``model_type: llava`` a
+plain llava checkpoint. Nothing depends on how a folder is named.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .compose import is_llava_folder, load_llava
+from .errors import ModelNotFoundError
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def shipped_models() -> list[str]:
+    return sorted(p.name for p in ASSETS.iterdir() if p.is_dir()) if ASSETS.is_dir() else []
+
+
+def resolve_model(name_or_path: str | os.PathLike, dtype: torch.dtype):
+    tried = []
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir() and str(name_or_path) in shipped_models():
+        path = ASSETS / str(name_or_path)
+    tried.append(str(path))
+    if path.is_dir():
+        if (path / "adapter_config.json").exists():
+            from .adapters import load_adapter_folder
+
+            return load_adapter_folder(path, dtype)
+        if (path / "vlm_parts.json").exists():
+            from .parts import load_parts
+
+            return load_parts(path, dtype)
+        if is_llava_folder(path):
+            return load_llava(path, dtype)
+        raise ModelNotFoundError(
+            f"{path} is not a vlm model folder (no llava config.json, adapter_config.json or vlm_parts.json)"
+        )
+    shipped = ", ".join(shipped_models()) or "none yet"
+    raise ModelNotFoundError(f"model {str(name_or_path)!r} not found (tried folder {tried[0]}; shipped models: {shipped})")
