@@ -55,7 +55,7 @@ def tiny_llm_dir(tmp_path_factory, smollm2_dir) -> Path:
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.5,
         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )

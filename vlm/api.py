@@ -96,6 +96,19 @@ class VLM:
     def stream(self, image: ImageInput | None, question: str, options=None, cancel=None, **gen) -> Iterator[str]:
         return self.chat_stream(user_turn(image, question), options, cancel, **gen)
 
+    # -- documents ----------------------------------------------------------------------------
+    def extract(self, source, fields=None, schema=None, pages=None, template=None, **gen):
+        """Fields of a receipt/invoice/form image or PDF as validated JSON grounded in OCR (see vlm.extract)."""
+        from .extract import extract
+
+        return extract(self, source, fields=fields, schema=schema, pages=pages, template=template, **gen)
+
+    def ocr(self, source, pages=None) -> list:
+        """OCR lines (text, box, score, page) of an image or PDF, in reading order."""
+        from .extract import ocr_document
+
+        return ocr_document(source, pages)
+
     # -- introspection ------------------------------------------------------------------------
     def info(self) -> dict:
         cfg = self.model.config

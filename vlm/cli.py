@@ -11,6 +11,13 @@ import sys
 COMMANDS: dict[str, str] = {
     "ask": "vlm.commands.ask",
     "info": "vlm.commands.info",
+    "eval": "vlm.commands.eval",
+    "extract": "vlm.commands.extract",
+    "ocr": "vlm.commands.ocr",
+    "export": "train.export",
+    "train": "train.cli",
+    "serve": "vlm.commands.serve",
+    "prep": "data_prep.cli",
 }
 
 

@@ -1,0 +1,224 @@
+"""LLaVA conversation records: checks and bad-record accounting.
+
+A record is ``{"id": str, "image": str (optional; or a list of str), "conversations": [turn, ...]}``
+with turns ``{"from": "human" | "gpt", "value": str}``: human first, strictly alternating, gpt last.
+The human turns hold one ``<image>`` placeholder per image, and gpt turns hold none.
+Relative image paths are relative to ``root`` (the folder of the JSON file holding the record).
+
+:func:`validate_record` returns the reason a record is bad (one of :data:`REASONS`) or ``None``;
+:class:`RecordAccounting` counts bad records by reason during a long run, so that one bad record never
+stops it, unless ``strict`` is set, in which case the first one raises :class:`BadRecordError`.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+IMAGE_TOKEN = "<image>"  # same as vlm.processor.IMAGE_TOKEN (checked by a test; kept local to stay light)
+ROLES = ("human", "gpt")
+
+MALFORMED = "malformed"
+MISSING_IMAGE = "missing_image"
+UNREADABLE_IMAGE = "unreadable_image"
+IMAGE_TOKEN_MISMATCH = "image_token_mismatch"
+EMPTY_TURN = "empty_turn"
+BAD_ROLE_ORDER = "bad_role_order"
+EMPTY_CAPTION = "empty_caption"
+REASONS = (MALFORMED, MISSING_IMAGE, UNREADABLE_IMAGE, IMAGE_TOKEN_MISMATCH, EMPTY_TURN, BAD_ROLE_ORDER, EMPTY_CAPTION)
+
+
+class BadRecordError(ValueError):
+    """A bad record met in ``--strict`` mode (or a record file that cannot be read at all)."""
+
+
+@dataclass(frozen=True)
+class RecordProblem:
+    reason: str  # one of REASONS
+    detail: str  # human-readable, names the problem
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+
+def record_images(record: dict) -> list[str]:
+    """The image paths of a record as given (``image`` may be absent, a string or a list of strings)."""
+    image = record.get("image")
+    if image is None:
+        return []
+    if isinstance(image, str):
+        return [image]
+    return list(image)
+
+
+def resolve_path(path: str | os.PathLike, root: str | os.PathLike | None) -> Path:
+    """``path`` if absolute, else ``root / path`` (``root`` None means the current directory)."""
+    p = Path(path)
+    if p.is_absolute() or root is None:
+        return p
+    return Path(root) / p
+
+
+class ImageChecker:
+    """Checks that image files exist and (optionally) decode; remembers results per path."""
+
+    def __init__(self, decode: bool = True) -> None:
+        self.decode = decode
+        self._seen: dict[Path, RecordProblem | None] = {}
+
+    def __call__(self, path: Path) -> RecordProblem | None:
+        if path in self._seen:
+            return self._seen[path]
+        problem = self._check(path)
+        self._seen[path] = problem
+        return problem
+
+    def _check(self, path: Path) -> RecordProblem | None:
+        if not path.is_file():
+            return RecordProblem(MISSING_IMAGE, f"image file not found: {path}")
+        if not self.decode:
+            return None
+        try:
+            with Image.open(path) as img:
+                img.load()
+                if img.width < 1 or img.height < 1:
+                    return RecordProblem(UNREADABLE_IMAGE, f"image has no pixels: {path}")
+        except Exception as exc:  # noqa: BLE001 - any decoder failure means "unreadable"
+            return RecordProblem(UNREADABLE_IMAGE, f"cannot decode image {path}: {type(exc).__name__}: {exc}")
+        return None
+
+
+def _shape_problem(record: Any) -> RecordProblem | None:
+    if not isinstance(record, dict):
+        return RecordProblem(MALFORMED, f"record is a {type(record).__name__}, not an object")
+    image = record.get("image")
+    if image is not None and not (
+        isinstance(image, str) or (isinstance(image, list) and all(isinstance(i, str) for i in image))
+    ):
+        return RecordProblem(MALFORMED, "'image' must be a path string or a list of path strings")
+    if any(isinstance(i, str) and not i.strip() for i in record_images(record)):
+        return RecordProblem(MISSING_IMAGE, "'image' is an empty path")
+    turns = record.get("conversations")
+    if not isinstance(turns, list):
+        return RecordProblem(MALFORMED, "'conversations' is missing or not a list")
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or not isinstance(turn.get("from"), str) or "value" not in turn:
+            return RecordProblem(MALFORMED, f"turn {i} is not an object with 'from' and 'value'")
+        if turn["value"] is not None and not isinstance(turn["value"], str):
+            return RecordProblem(MALFORMED, f"turn {i} 'value' is not a string")
+    return None
+
+
+def _conversation_problem(record: dict) -> RecordProblem | None:
+    turns = record["conversations"]
+    if len(turns) < 2:
+        return RecordProblem(BAD_ROLE_ORDER, f"need at least one human turn and one gpt turn, got {len(turns)} turn(s)")
+    roles = [t["from"] for t in turns]
+    for i, role in enumerate(roles):
+        expected = ROLES[i % 2]
+        if role != expected:
+            return RecordProblem(BAD_ROLE_ORDER, f"turn {i} is from {role!r}, expected {expected!r} (roles: {roles})")
+    if len(turns) % 2:
+        return RecordProblem(BAD_ROLE_ORDER, f"the last turn is from 'human'; a record must end with a gpt turn")
+    for i, turn in enumerate(turns):
+        text = (turn["value"] or "").replace(IMAGE_TOKEN, "")
+        if not text.strip():
+            return RecordProblem(EMPTY_TURN, f"turn {i} ({turn['from']}) has no text")
+    n_images = len(record_images(record))
+    in_human = sum((t["value"] or "").count(IMAGE_TOKEN) for t in turns if t["from"] == "human")
+    in_gpt = sum((t["value"] or "").count(IMAGE_TOKEN) for t in turns if t["from"] == "gpt")
+    if in_gpt:
+        return RecordProblem(IMAGE_TOKEN_MISMATCH, f"gpt turns hold {in_gpt} {IMAGE_TOKEN} placeholder(s)")
+    if in_human != n_images:
+        return RecordProblem(
+            IMAGE_TOKEN_MISMATCH, f"{in_human} {IMAGE_TOKEN} placeholder(s) but {n_images} image(s)"
+        )
+    return None
+
+
+def check_record(
+    record: Any,
+    root: str | os.PathLike | None = None,
+    *,
+    check_image: bool = True,
+    decode_image: bool = False,
+    images: ImageChecker | None = None,
+) -> RecordProblem | None:
+    """What is wrong with a LLaVA record, or ``None``. Cheap checks first; image decoding only on request.
+
+    ``root`` is the folder relative image paths are relative to. ``images`` (an :class:`ImageChecker`)
+    caches image checks across records; when given, its own ``decode`` setting is used.
+    """
+    problem = _shape_problem(record) or _conversation_problem(record)
+    if problem or not check_image:
+        return problem
+    checker = images or ImageChecker(decode=decode_image)
+    for image in record_images(record):
+        problem = checker(resolve_path(image, root))
+        if problem:
+            return problem
+    return None
+
+
+def validate_record(
+    record: Any,
+    root: str | os.PathLike | None = None,
+    *,
+    check_image: bool = True,
+    decode_image: bool = False,
+    images: ImageChecker | None = None,
+) -> str | None:
+    """The reason (one of :data:`REASONS`) a LLaVA record is bad, or ``None`` if it is fine.
+
+    Fast by default: checks shape, roles, empty turns, ``<image>`` count and that image files exist;
+    ``decode_image=True`` also decodes each image (cached per path when ``images`` is given).
+    """
+    problem = check_record(record, root, check_image=check_image, decode_image=decode_image, images=images)
+    return problem.reason if problem else None
+
+
+def check_pair(pair: Any, root: str | os.PathLike | None = None, *, images: ImageChecker | None = None) -> RecordProblem | None:
+    """Checks a stage-0 pair ``{"id", "image", "captions": [str, ...]}``."""
+    if not isinstance(pair, dict) or not isinstance(pair.get("image"), str) or not isinstance(pair.get("captions"), list):
+        return RecordProblem(MALFORMED, "a pair needs 'image' (a path) and 'captions' (a list)")
+    if not pair["captions"] or any(not isinstance(c, str) or not c.strip() for c in pair["captions"]):
+        return RecordProblem(EMPTY_CAPTION, "a caption is empty or not a string")
+    checker = images or ImageChecker(decode=False)
+    return checker(resolve_path(pair["image"], root))
+
+
+class RecordAccounting:
+    """Counts records kept per output and bad records per reason; raises on the first bad one if ``strict``."""
+
+    def __init__(self, strict: bool = False, max_examples: int = 5) -> None:
+        self.strict = strict
+        self.max_examples = max_examples
+        self.kept: Counter[str] = Counter()
+        self.bad: Counter[str] = Counter()
+        self.examples: dict[str, list[str]] = {}
+
+    def reject(self, problem: RecordProblem, record_id: str | None = None, where: str | None = None) -> None:
+        """Counts one bad record (or raises :class:`BadRecordError` when strict)."""
+        label = " ".join(x for x in (f"record {record_id!r}" if record_id is not None else "record",
+                                     f"in {where}" if where else "") if x)
+        if self.strict:
+            raise BadRecordError(f"bad {label}: {problem} (--strict stops at the first bad record)")
+        self.bad[problem.reason] += 1
+        examples = self.examples.setdefault(problem.reason, [])
+        if len(examples) < self.max_examples:
+            examples.append(f"{label}: {problem.detail}")
+
+    def keep(self, output: str, n: int = 1) -> None:
+        self.kept[output] += n
+
+    def summary(self) -> dict:
+        return {
+            "kept": dict(sorted(self.kept.items())),
+            "bad": {reason: self.bad[reason] for reason in REASONS if self.bad[reason]},
+            "bad_total": sum(self.bad.values()),
+            "bad_examples": {k: v for k, v in self.examples.items()},
+        }

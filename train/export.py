@@ -1,0 +1,84 @@
+"""``vlm export``: turn a stage-2 adapter folder (or a parts folder) into a shippable model.
+
+``--format llava`` (default) merges the LoRA into the LLM and writes a plain HF llava folder that stock
+``transformers`` loads (``LlavaForConditionalGeneration`` + ``AutoProcessor``). ``--format parts`` writes
+the compact parts folder (:mod:`vlm.parts`) over a registered base LLM, LoRA left unmerged.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+HELP = "merge a stage-2 LoRA adapter into a plain llava folder (or write a compact parts folder)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="stage-2 adapter folder or parts folder")
+    parser.add_argument("--out", required=True, help="folder to write")
+    parser.add_argument("--format", choices=["llava", "parts"], default="llava")
+    parser.add_argument("--base-llm", default=None,
+                        help="--format parts: the registered base LLM name (e.g. smollm2-135m-instruct)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="llava: weights dtype")
+
+
+def export_llava(model_dir, out, dtype) -> Path:
+    """Merge and save. Works on adapter folders and parts folders."""
+    model_dir, out = Path(model_dir), Path(out)
+    if (model_dir / "adapter_config.json").exists():
+        from vlm.adapters import merged
+
+        model, processor = merged(model_dir, dtype)
+    elif (model_dir / "vlm_parts.json").exists():
+        from vlm.parts import load_parts
+
+        model, processor = load_parts(model_dir, dtype, merge=True)
+    else:
+        raise ValueError(f"{model_dir} is neither an adapter folder (adapter_config.json) nor a parts folder "
+                         "(vlm_parts.json); a plain llava folder needs no export")
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    return out
+
+
+def export_parts(model_dir, out, base_llm: str) -> Path:
+    from vlm import compose
+    from vlm.adapters import load_peft
+    from vlm.parts import save_parts
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "adapter_config.json").exists():
+        raise ValueError(f"{model_dir} is not an adapter folder (no adapter_config.json)")
+    peft_model, processor = load_peft(model_dir)
+    base, _ = compose.load_llm(base_llm)
+    base_rows = base.get_input_embeddings().weight
+    llava = peft_model.base_model.model
+    ours = llava.model.language_model.state_dict()
+    n = base_rows.shape[0]
+    for name, tensor in base.model.state_dict().items():
+        mine = ours.get(name)
+        if name.endswith("embed_tokens.weight"):
+            mine = mine[:n] if mine is not None else None
+        if mine is None or "lora_" in name:
+            continue
+        if mine.shape != tensor.shape or not torch_equal(mine, tensor):
+            raise ValueError(f"the adapter's base LLM differs from {base_llm!r} at {name}; ship it as a llava folder")
+    return save_parts(peft_model, processor, out, base_llm, n)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a.float(), b.float())
+
+
+def run(args) -> int:
+    import torch
+
+    if args.format == "parts":
+        if not args.base_llm:
+            raise ValueError("--format parts needs --base-llm (a registered LLM name)")
+        path = export_parts(args.model, args.out, args.base_llm)
+    else:
+        path = export_llava(args.model, args.out, {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype])
+    print(path)
+    return 0

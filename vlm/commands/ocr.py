@@ -1,0 +1,25 @@
+"""``vlm ocr FILE``: the OCR lines with boxes, in reading order, as JSON (no model needed)."""
+from __future__ import annotations
+
+import json
+
+HELP = "OCR an image or PDF: text lines with boxes in reading order, as JSON"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("file", help="image (jpg/png/webp/tiff...) or PDF")
+    parser.add_argument("--pages", help="1-based pages of a PDF, e.g. 1-3,5 (default: all)")
+    parser.add_argument("--dpi", type=float, default=None, help="PDF render resolution (default 200)")
+    parser.add_argument("--text", action="store_true",
+                        help="print the compact text the extraction prompt uses instead of JSON")
+
+
+def run(args) -> int:
+    from vlm.extract import format_ocr, ocr_document
+
+    lines = ocr_document(args.file, args.pages, dpi=args.dpi)
+    if args.text:
+        print(format_ocr(lines))
+    else:
+        print(json.dumps([line.to_dict() for line in lines], ensure_ascii=False, indent=1))
+    return 0

@@ -1,0 +1,1 @@
+"""Evaluation helpers for vlm (retrieval metrics, embeddings)."""

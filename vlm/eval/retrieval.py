@@ -1,0 +1,197 @@
+"""Image-text retrieval: recall@K, and embedding images / captions into a stage-0 retrieval space.
+
+The retrieval space (see :class:`RetrievalSpec`) is the one the stage-0 tower was trained into: an image is
+the tower's pooled output through a linear head; a caption is an LLM's mean-pooled hidden states at one layer
+(frozen, "locked" text side). Both are L2-normalised, and similarity is their dot product.
+A trained tower folder holds ``retrieval.json`` + ``retrieval_head.safetensors`` beside the tower files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+SPEC_FILE = "retrieval.json"
+HEAD_FILE = "retrieval_head.safetensors"
+
+
+def recall_at_k(sim: torch.Tensor, text_image: Sequence[int] | torch.Tensor,
+                ks: Iterable[int] = (1, 5, 10)) -> dict[str, float]:
+    """Recall@K in both directions for a similarity matrix ``sim`` of shape (n_images, n_texts).
+
+    ``text_image[j]`` is the index of the image caption ``j`` describes. Image-to-text (``i2t``): an image
+    is a hit when any of its captions ranks in its top K texts. Text-to-image (``t2i``): a caption is a hit
+    when its image ranks in its top K images. Ties count against the query (strictly-greater rule is
+    replaced by "greater or equal", so a constant matrix scores chance, not 100%). Values are fractions.
+    """
+    sim = torch.as_tensor(sim, dtype=torch.float32)
+    labels = torch.as_tensor(text_image, dtype=torch.long)
+    if sim.dim() != 2:
+        raise ValueError(f"sim must be 2-D (images, texts), got shape {tuple(sim.shape)}")
+    n_img, n_txt = sim.shape
+    if labels.shape != (n_txt,):
+        raise ValueError(f"text_image must have one entry per text ({n_txt}), got shape {tuple(labels.shape)}")
+    if n_txt and (labels.min() < 0 or labels.max() >= n_img):
+        raise ValueError(f"text_image entries must be image indices in [0, {n_img})")
+    ks = sorted(set(int(k) for k in ks))
+    if not ks or ks[0] < 1:
+        raise ValueError("ks must be positive integers")
+    # t2i: rank of the true image for each text = number of images scoring >= it, minus itself.
+    true_t2i = sim[labels, torch.arange(n_txt)]  # (n_txt,)
+    rank_t2i = (sim >= true_t2i.unsqueeze(0)).sum(0) - 1  # 0 = best
+    # i2t: best rank among an image's captions.
+    positive = torch.zeros(n_img, n_txt, dtype=torch.bool)
+    positive[labels, torch.arange(n_txt)] = True
+    rank_i2t = torch.full((n_img,), n_txt, dtype=torch.long)
+    for i in range(n_img):
+        row = sim[i]
+        pos_scores = row[positive[i]]
+        if pos_scores.numel():
+            rank_i2t[i] = ((row.unsqueeze(0) >= pos_scores.unsqueeze(1)).sum(1) - 1).min()
+            # others ranked at/above the best positive, not counting the other positives
+            best = pos_scores.max()
+            rank_i2t[i] = int(((row >= best) & ~positive[i]).sum())
+    has_caption = positive.any(1)
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"i2t_r{k}"] = float((rank_i2t[has_caption] < k).float().mean()) if has_caption.any() else 0.0
+        out[f"t2i_r{k}"] = float((rank_t2i < k).float().mean()) if n_txt else 0.0
+    return out
+
+
+def chance_recall(n_images: int, captions_per_image: int, ks: Iterable[int] = (1, 5, 10)) -> dict[str, float]:
+    """Expected recall@K of a random ranking (same keys as :func:`recall_at_k`)."""
+    n_txt = n_images * captions_per_image
+    out = {}
+    for k in sorted(set(ks)):
+        # i2t: P(at least one of c positives among K drawn from n_txt) = 1 - C(n-c, K) / C(n, K)
+        miss = math.comb(n_txt - captions_per_image, k) / math.comb(n_txt, k) if k <= n_txt else 0.0
+        out[f"i2t_r{k}"] = 1.0 - miss
+        out[f"t2i_r{k}"] = min(1.0, k / n_images)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- text side
+@torch.no_grad()
+def embed_texts(llm, tokenizer, texts: Sequence[str], layer: int, batch_size: int = 64,
+                dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Mean-pooled hidden states of ``llm`` at ``hidden_states[layer]`` over each text's tokens (no padding).
+
+    ``llm`` is a causal LM (or its base model); ``layer`` indexes ``output_hidden_states`` (0 = embeddings,
+    -1 = last layer after the final norm). Returns float32 (len(texts), hidden), not normalised.
+    """
+    base = getattr(llm, "model", llm)
+    dtype = dtype or next(base.parameters()).dtype
+    device = next(base.parameters()).device
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "right"
+    out = []
+    try:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths per batch
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(device) for k, v in enc.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                hs = base(**enc, output_hidden_states=True).hidden_states[layer]
+            mask = enc["attention_mask"].unsqueeze(-1).to(hs.dtype)
+            pooled = (hs * mask).sum(1) / mask.sum(1).clamp_min(1)
+            out.append((idx, pooled.float().cpu()))
+    finally:
+        tokenizer.padding_side = side
+    result = torch.empty(len(texts), out[0][1].shape[1] if out else 0)
+    for idx, pooled in out:
+        result[torch.tensor(idx)] = pooled
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- image side
+@dataclass
+class RetrievalSpec:
+    """How a stage-0 tower folder embeds images and texts into one space."""
+
+    text_model: str  # registered LLM name or folder whose hidden states are the text side
+    text_layer: int  # index into output_hidden_states
+    embed_dim: int  # width of the shared space (the LLM hidden size)
+    text_mean: list[float] | None = None  # centering applied to text states before normalising
+    logit_scale: float = 1.0
+
+    def save(self, folder: str | os.PathLike) -> None:
+        Path(folder, SPEC_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "RetrievalSpec":
+        path = Path(folder, SPEC_FILE)
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} has no {SPEC_FILE}: not a stage-0 tower folder with a retrieval head")
+        return cls(**json.loads(path.read_text()))
+
+
+def normalize_texts(states: torch.Tensor, spec: RetrievalSpec) -> torch.Tensor:
+    """Text states -> unit vectors in the retrieval space (centred with ``spec.text_mean`` if given)."""
+    if spec.text_mean is not None:
+        states = states - torch.tensor(spec.text_mean, dtype=states.dtype)
+    return F.normalize(states.float(), dim=-1)
+
+
+class ImageHead(torch.nn.Module):
+    """Linear map from the tower's pooled output to the retrieval space."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.proj = torch.nn.Linear(in_dim, out_dim)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(pooled), dim=-1)
+
+
+def load_retrieval_tower(folder: str | os.PathLike, dtype: torch.dtype = torch.float32):
+    """(tower, head, spec, preprocessing) from a stage-0 tower folder."""
+    from safetensors.torch import load_file
+
+    from vlm.compose import load_vision
+
+    spec = RetrievalSpec.load(folder)
+    tower, preprocessing = load_vision(str(folder), dtype)
+    head = ImageHead(tower.config.hidden_size, spec.embed_dim)
+    head.load_state_dict(load_file(str(Path(folder, HEAD_FILE))))
+    return tower.eval(), head.to(dtype).eval(), spec, preprocessing
+
+
+def preprocess_images(images, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """PIL images -> (N, 3, size, size) normalised float tensor, as the llava processor does for square
+    images (bicubic resize; non-square images are padded to square with the mean colour first)."""
+    import numpy as np
+    from PIL import Image
+
+    arrays = []
+    for im in images:
+        im = im.convert("RGB")
+        if im.width != im.height:
+            side = max(im.size)
+            canvas = Image.new("RGB", (side, side), tuple(int(round(m * 255)) for m in mean))
+            canvas.paste(im, ((side - im.width) // 2, (side - im.height) // 2))
+            im = canvas
+        im = im.resize((size, size), Image.Resampling.BICUBIC)
+        arrays.append(np.asarray(im, dtype=np.float32) / 255.0)
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+@torch.no_grad()
+def embed_pixels(tower, head: ImageHead, pixels: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    """Normalised image embeddings (N, embed_dim) from preprocessed pixel values."""
+    outs = []
+    dtype = next(tower.parameters()).dtype
+    for start in range(0, len(pixels), batch_size):
+        pooled = tower(pixel_values=pixels[start:start + batch_size].to(dtype)).pooler_output
+        outs.append(head(pooled).float())
+    return torch.cat(outs) if outs else torch.empty(0, head.proj.out_features)

@@ -1,0 +1,77 @@
+"""``vlm eval retrieval``: image<->text recall@1/5/10 of a stage-0 tower's retrieval space, vs chance.
+
+Uses :mod:`vlm.eval.retrieval` (the stage-0 embedding helpers and :func:`recall_at_k`). Records are
+``{"image", "captions": [...]}``; every caption is a text to retrieve. Retrieval is one similarity
+matrix, so it is recomputed on every run (no resume); predictions.jsonl holds, per image, its top-5
+captions and the rank of its best-ranked own caption (0 = first).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .records import load_records
+from .report import RunInfo, open_run, write_report
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def evaluate_retrieval(data, vision, out, *, limit=None, batch_size: int = 64, dtype=None, fresh: bool = False,
+                       progress: bool = True) -> dict:
+    import time
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from vlm.compose import load_llm
+    from vlm.images import load_image
+
+    from .retrieval import (chance_recall, embed_pixels, embed_texts, load_retrieval_tower, normalize_texts,
+                            preprocess_images, recall_at_k)
+
+    dtype = dtype or torch.float32
+    records = load_records(data, ("image", "captions"), limit)
+    info = RunInfo("retrieval", str(Path(data).resolve()), str(Path(vision).resolve()), {"dtype": str(dtype)})
+    log = open_run(out, info, fresh=True)  # one matrix: always recomputed
+    start = time.perf_counter()
+    tower, head, spec, prep = load_retrieval_tower(vision, dtype)
+    mean, std = prep.get("image_mean", CLIP_MEAN), prep.get("image_std", CLIP_STD)
+    size = tower.config.image_size
+    img_chunks = []
+    step = max(batch_size, 1)
+    for s in tqdm(range(0, len(records), step), desc="images", disable=not progress, leave=False):
+        pil = [load_image(r.image) for r in records[s:s + step]]
+        img_chunks.append(embed_pixels(tower, head, preprocess_images(pil, size, mean, std), batch_size=step))
+    images = torch.cat(img_chunks)
+    texts, owner = [], []
+    for i, r in enumerate(records):
+        caps = [str(c) for c in r.data["captions"]]
+        if not caps:
+            raise ValueError(f"record {r.id} has no captions")
+        texts.extend(caps)
+        owner.extend([i] * len(caps))
+    llm, tokenizer = load_llm(spec.text_model, dtype)
+    states = embed_texts(llm, tokenizer, texts, spec.text_layer, batch_size=max(step, 64))
+    txt = normalize_texts(states, spec)
+    sim = images.float() @ txt.float().T
+    metrics = recall_at_k(sim, owner)
+    seconds = time.perf_counter() - start
+    owner_t = torch.tensor(owner)
+    for i, r in enumerate(records):
+        row = sim[i]
+        order = row.argsort(descending=True)
+        own = (owner_t[order] == i).nonzero()
+        log.append("tower", r.id, {"top5": [texts[j] for j in order[:5].tolist()],
+                                   "best_own_rank": int(own[0]) if len(own) else None})
+    per_image = round(len(texts) / len(records))
+    systems = {
+        "tower": {**metrics, "images": len(records), "texts": len(texts),
+                  "note": f"stage-0 retrieval space ({spec.text_model} layer {spec.text_layer} text side)"},
+        "chance": {**chance_recall(len(records), per_image), "images": len(records), "texts": len(texts),
+                   "note": f"expected recall of a random ranking ({per_image} captions per image)"},
+    }
+    timings = {"tower": {"computed": len(records), "resumed": 0, "seconds": round(seconds, 3)}}
+    path = write_report(out, info, systems, timings, len(records))
+    import json
+
+    return json.loads(path.read_text())

@@ -1,0 +1,360 @@
+"""JSON-constrained decoding: a character-level state machine for flat JSON objects, and a logits processor
+that lets the model pick only tokens the machine accepts.
+
+Why our own: the maintained libraries (outlines, lm-format-enforcer) install here, but none can say "a
+string value must be a substring of this OCR text", which is the grounding rule we need, and each adds
+dependencies. The supported grammar is small, so the machine is small and tested.
+
+Supported output (exactly the canonical form ``json.dumps(obj, ensure_ascii=False)`` writes, which is also
+what ``prompts.fields_answer`` trains on):
+- fixed keys: ``{"k1": V, "k2": V, ...}`` with the given keys in the given order;
+- free-form: ``{}`` or ``{"key": V, ...}`` with any keys (at most ``max_pairs`` pairs, keys up to 40 chars).
+``V`` is ``null`` or a string. A string value is either one of a closed set of choices (enum / boolean) or
+free text that, when ``corpus`` is given, must be a substring of the corpus after whitespace collapsing and
+lower-casing (grounding). Values are normalised as they are written: no leading/trailing or double spaces,
+no control characters or other whitespace; escapes ``\\"``, ``\\\\`` and ``\\/`` only. Every state the machine
+can reach can still be completed, so decoding never dead-ends; if ``max_new_tokens`` runs out first,
+:meth:`JsonObjectMachine.values` treats the unfinished value and the missing fields as ``null``.
+
+The processor checks the ``top_k`` best tokens first (greedy decoding is exact: the best allowed token is
+chosen); only when none of them is allowed does it scan the whole vocabulary (indexed by first character).
+With sampling, it samples among the allowed tokens of the top ``top_k``.
+"""
+from __future__ import annotations
+
+import json
+import weakref
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessor
+
+_ESCAPES = {'"': '"', "\\": "\\", "/": "/"}
+MAX_KEY_LENGTH = 40
+
+
+@dataclass(frozen=True)
+class ValueRule:
+    """What a value may be: one of ``choices``, or free text up to ``max_length`` chars (grounded if corpus)."""
+
+    choices: tuple[str, ...] | None = None
+    max_length: int = 200
+
+
+def normalise_corpus(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+class JsonObjectMachine:
+    """Character-level acceptor of a flat JSON object. States are hashable tuples; ``None`` means rejected.
+
+    ``keys``: the fixed keys in order with one rule each, or ``None`` for free-form key-value pairs
+    (all values then follow ``free_rule``).
+    """
+
+    def __init__(self, keys: list[str] | None, rules: list[ValueRule] | None = None, corpus: str | None = None,
+                 free_rule: ValueRule = ValueRule(), max_pairs: int = 32):
+        if keys is not None:
+            if not keys:
+                raise ValueError("a fixed-key object needs at least one key")
+            rules = list(rules) if rules is not None else [ValueRule()] * len(keys)
+            if len(rules) != len(keys):
+                raise ValueError("one rule per key")
+        self.keys = list(keys) if keys is not None else None
+        self.rules = rules
+        self.free_rule = free_rule
+        self.max_pairs = max_pairs
+        self.corpus = normalise_corpus(corpus) if corpus is not None else None
+
+    # -- states ------------------------------------------------------------------------------------
+    # ("lit", text, i, next)      writing a fixed literal; ``next`` follows it
+    # ("vstart", ctx)             a value starts: n(ull) or "
+    # ("null", i, ctx)            inside null
+    # ("str", buf, esc, ctx)      inside a string value; buf is the decoded text so far
+    # ("key", buf, esc, pairs)    free-form: inside a key
+    # ("open", pairs)             free-form: after {, expecting " or }
+    # ("next", pairs)             free-form: after a value, expecting , or }
+    # ("done", result)            the object is closed
+    # ctx: ("fixed", index, values) or ("free", pairs, key)
+
+    def _lit(self, text: str, nxt: tuple) -> tuple:
+        return ("lit", text, 0, nxt) if text else nxt
+
+    def _key_literal(self, index: int) -> str:
+        return ("{" if index == 0 else ", ") + json.dumps(self.keys[index], ensure_ascii=False) + ": "
+
+    def start(self) -> tuple:
+        if self.keys is None:
+            return self._lit("{", ("open", ()))
+        return self._lit(self._key_literal(0), ("vstart", ("fixed", 0, ())))
+
+    def _rule(self, ctx: tuple) -> ValueRule:
+        return self.rules[ctx[1]] if ctx[0] == "fixed" else self.free_rule
+
+    def _after_value(self, ctx: tuple, value) -> tuple:
+        if ctx[0] == "fixed":
+            values = ctx[2] + (value,)
+            nxt = ctx[1] + 1
+            if nxt < len(self.keys):
+                return self._lit(self._key_literal(nxt), ("vstart", ("fixed", nxt, values)))
+            return self._lit("}", ("done", values))
+        return ("next", ctx[1] + ((ctx[2], value),))
+
+    def _can_open(self, rule: ValueRule) -> bool:
+        if rule.choices is not None:
+            return any(rule.choices)
+        return self.corpus is None or bool(self.corpus)
+
+    def _value_ok(self, buf: str, rule: ValueRule) -> bool:
+        if rule.choices is not None:
+            return any(c.startswith(buf) for c in rule.choices)
+        if len(buf) > rule.max_length or buf[0] == " " or "  " in buf[-2:]:
+            return False
+        if buf[-1] == " " and len(buf) >= rule.max_length:
+            return False  # a trailing space that could never be followed: a dead end
+        return self.corpus is None or buf.lower() in self.corpus
+
+    def _closable(self, buf: str, rule: ValueRule) -> bool:
+        if rule.choices is not None:
+            return buf in rule.choices
+        return bool(buf) and buf[-1] != " "
+
+    @staticmethod
+    def _plain(ch: str) -> bool:
+        return ch == " " or (ord(ch) >= 32 and not ch.isspace() and ch not in "\x7f\u2028\u2029")
+
+    def step(self, state: tuple | None, ch: str) -> tuple | None:
+        if state is None:
+            return None
+        kind = state[0]
+        if kind == "lit":
+            _, text, i, nxt = state
+            if text[i] != ch:
+                return None
+            return ("lit", text, i + 1, nxt) if i + 1 < len(text) else nxt
+        if kind == "vstart":
+            ctx = state[1]
+            if ch == "n":
+                return ("null", 1, ctx)
+            if ch == '"' and self._can_open(self._rule(ctx)):
+                return ("str", "", False, ctx)
+            return None
+        if kind == "null":
+            _, i, ctx = state
+            if "null"[i] != ch:
+                return None
+            return ("null", i + 1, ctx) if i + 1 < 4 else self._after_value(ctx, None)
+        if kind == "str":
+            _, buf, esc, ctx = state
+            rule = self._rule(ctx)
+            if esc:
+                real = _ESCAPES.get(ch)
+                if real is None or not self._value_ok(buf + real, rule):
+                    return None
+                return ("str", buf + real, False, ctx)
+            if ch == '"':
+                return self._after_value(ctx, buf) if self._closable(buf, rule) else None
+            if ch == "\\":
+                if any(self._value_ok(buf + r, rule) for r in _ESCAPES.values()):
+                    return ("str", buf, True, ctx)
+                return None
+            if not self._plain(ch) or not self._value_ok(buf + ch, rule):
+                return None
+            return ("str", buf + ch, False, ctx)
+        if kind == "open":
+            if ch == '"':
+                return ("key", "", False, state[1])
+            if ch == "}":
+                return ("done", state[1])
+            return None
+        if kind == "next":
+            pairs = state[1]
+            if ch == "}":
+                return ("done", pairs)
+            if ch == "," and len(pairs) < self.max_pairs:
+                return self._lit(' "', ("key", "", False, pairs))
+            return None
+        if kind == "key":
+            _, buf, esc, pairs = state
+            if esc:
+                real = _ESCAPES.get(ch)
+                return ("key", buf + real, False, pairs) if real and len(buf) < MAX_KEY_LENGTH else None
+            if ch == '"':
+                if buf and buf[-1] != " ":
+                    return self._lit(": ", ("vstart", ("free", pairs, buf)))
+                return None
+            if ch == "\\":
+                return ("key", buf, True, pairs) if len(buf) < MAX_KEY_LENGTH else None
+            if not self._plain(ch) or len(buf) >= MAX_KEY_LENGTH - (ch == " "):
+                return None
+            if ch == " " and (not buf or buf[-1] == " "):
+                return None
+            return ("key", buf + ch, False, pairs)
+        return None  # "done": nothing may follow
+
+    def feed(self, state: tuple | None, text: str) -> tuple | None:
+        for ch in text:
+            state = self.step(state, ch)
+            if state is None:
+                return None
+        return state
+
+    @staticmethod
+    def is_done(state: tuple | None) -> bool:
+        return state is not None and state[0] == "done"
+
+    def values(self, state: tuple | None) -> dict:
+        """The completed values in ``state`` (unfinished and missing ones are ``None``)."""
+        while state is not None and state[0] == "lit":
+            state = state[3]
+        collected: tuple = ()
+        if state is not None:
+            kind = state[0]
+            if kind in ("vstart", "null", "str"):
+                ctx = state[-1]
+                collected = ctx[2] if ctx[0] == "fixed" else ctx[1]
+            elif kind in ("done", "open", "next"):
+                collected = state[1]
+            elif kind == "key":
+                collected = state[3]
+        if self.keys is not None:
+            out = dict.fromkeys(self.keys)
+            out.update(zip(self.keys, collected))
+            return out
+        out: dict = {}
+        for key, value in collected:
+            out.setdefault(key, value)
+        return out
+
+
+# -- tokens ----------------------------------------------------------------------------------------
+class TokenTexts:
+    """The text each token id adds when decoded after other text (``None`` for special/partial tokens)."""
+
+    def __init__(self, tokenizer):
+        special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+        anchor = tokenizer.encode("a", add_special_tokens=False)[:1]
+        head = tokenizer.decode(anchor, clean_up_tokenization_spaces=False) if anchor else ""
+        n = len(tokenizer)
+        decoded = tokenizer.batch_decode([anchor + [i] for i in range(n)], clean_up_tokenization_spaces=False)
+        self.texts: list[str | None] = []
+        for i, text in enumerate(decoded):
+            if i in special or not text.startswith(head):
+                self.texts.append(None)
+                continue
+            piece = text[len(head):]
+            self.texts.append(piece if piece and "\ufffd" not in piece else None)
+        self.by_first: dict[str, list[int]] = {}
+        for i, piece in enumerate(self.texts):
+            if piece:
+                self.by_first.setdefault(piece[0], []).append(i)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+_token_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def token_texts(tokenizer) -> TokenTexts:
+    """Cached per tokenizer object (building it decodes the whole vocabulary once, about a second)."""
+    try:
+        return _token_cache[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    out = TokenTexts(tokenizer)
+    try:
+        _token_cache[tokenizer] = out
+    except TypeError:
+        pass
+    return out
+
+
+class JsonLogitsProcessor(LogitsProcessor):
+    """Masks every token the machine would reject; after the closing ``}`` only end-of-sequence is allowed."""
+
+    def __init__(self, machine: JsonObjectMachine, tokens: TokenTexts, eos_ids: list[int], prompt_length: int,
+                 top_k: int = 64):
+        if not eos_ids:
+            raise ValueError("constrained decoding needs an end-of-sequence token id")
+        self.machine = machine
+        self.tokens = tokens
+        self.eos_ids = list(eos_ids)
+        self.prompt_length = prompt_length
+        self.top_k = top_k
+        self._states: list[tuple | None] = []
+        self._fed: list[int] = []
+        self._ended: list[bool] = []
+        self.full_scans = 0  # how often the top-k shortcut found nothing (for tests and tuning)
+
+    def state_after(self, token_ids: list[int]) -> tuple | None:
+        state = self.machine.start()
+        for t in token_ids:
+            if t in self.eos_ids:
+                break
+            text = self.tokens.texts[t] if t < len(self.tokens) else None
+            if text is None:
+                return None
+            state = self.machine.feed(state, text)
+            if state is None:
+                return None
+        return state
+
+    def values(self, token_ids: list[int]) -> dict:
+        """The extracted values of one row's generated ids (incomplete -> null)."""
+        return self.machine.values(self.state_after(token_ids))
+
+    def _advance(self, row: int, ids: list[int]) -> None:
+        for t in ids[self._fed[row]:]:
+            self._fed[row] += 1
+            if self._ended[row]:
+                continue
+            if t in self.eos_ids:
+                self._ended[row] = True
+                continue
+            text = self.tokens.texts[t] if t < len(self.tokens) else None
+            state = self.machine.feed(self._states[row], text) if text is not None else None
+            if state is None:
+                raise RuntimeError(f"constrained decoding produced a rejected token {t!r} ({text!r})")
+            self._states[row] = state
+
+    def _accepts(self, state: tuple, token: int) -> bool:
+        text = self.tokens.texts[token] if token < len(self.tokens) else None
+        return text is not None and self.machine.feed(state, text) is not None
+
+    def _scan(self, state: tuple) -> list[int]:
+        self.full_scans += 1
+        allowed = []
+        for ch, ids in self.tokens.by_first.items():
+            if self.machine.step(state, ch) is None:
+                continue
+            allowed.extend(t for t in ids if self._accepts(state, t))
+        return allowed
+
+    def allowed(self, state: tuple, row_scores: torch.Tensor) -> list[int]:
+        if self.machine.is_done(state):
+            return self.eos_ids
+        k = min(self.top_k, row_scores.shape[-1])
+        top = torch.topk(row_scores, k).indices.tolist()
+        allowed = [t for t in top if self._accepts(state, t)]
+        if not allowed:
+            allowed = self._scan(state)
+        if not allowed:  # cannot happen for a machine without dead ends; fail loudly if it does
+            raise RuntimeError("constrained decoding reached a state with no allowed token")
+        return allowed
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        batch = input_ids.shape[0]
+        if not self._states:
+            self._states = [self.machine.start()] * batch
+            self._fed = [0] * batch
+            self._ended = [False] * batch
+        out = torch.full_like(scores, float("-inf"))
+        for row in range(batch):
+            self._advance(row, input_ids[row, self.prompt_length:].tolist())
+            if self._ended[row]:
+                out[row, self.eos_ids[0]] = 0.0
+                continue
+            allowed = torch.tensor(self.allowed(self._states[row], scores[row]), dtype=torch.long)
+            out[row, allowed] = scores[row, allowed]
+        return out

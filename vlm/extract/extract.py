@@ -1,0 +1,161 @@
+"""The extraction pipeline: pages -> OCR -> prompt (image + OCR text) -> constrained decoding -> typed,
+validated JSON.
+
+Per page: the page image is OCR'd (cached), the OCR text goes into the prompt in the compact format of
+``prompts.format_ocr`` together with the image, and the model writes a JSON object under the constraint of
+``constrained.JsonObjectMachine``: exactly the requested keys, each value ``null`` or a string found in the
+page's OCR text (grounding; ``ground=False`` lifts it). A page without any OCR text gives all-null values
+without running the model. The typing rules of ``schema`` then turn strings into dates/numbers/booleans.
+
+Multi-page rule: ``per_page=False`` (default) merges pages field by field, keeping the first non-null value
+in page order, and stops rendering pages once every field has a value. Free-form (``template="kv"``)
+merges keys the same way (first value wins). ``per_page=True`` returns one result per page.
+
+If the OCR text doesn't fit the model's context with the answer budget, rows are dropped from the end of
+the OCR text (never from the image) until it fits.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from transformers import LogitsProcessorList
+
+from .. import generation
+from ..config import GenerationOptions
+from ..documents import iter_pages
+from ..errors import InputError
+from ..messages import normalise, user_turn
+from ..ocr import OcrLine, run_ocr
+from .constrained import JsonLogitsProcessor, JsonObjectMachine, ValueRule, token_texts
+from .prompts import Template, fields_prompt, format_ocr, freeform_prompt, get_template
+from .schema import DocSchema, coerce, resolve_schema, validate
+
+FREEFORM_TOKENS = 384
+
+
+def default_max_new_tokens(doc: DocSchema) -> int:
+    """Answer budget: the JSON skeleton plus room for a typical value per field."""
+    if doc.freeform:
+        return FREEFORM_TOKENS
+    return 16 + sum(8 + min(64, f.max_length // 3 + 4) for f in doc.fields)
+
+
+def _machine(doc: DocSchema, corpus: str | None) -> JsonObjectMachine:
+    if doc.freeform:
+        return JsonObjectMachine(None, corpus=corpus)
+    rules = [ValueRule(f.choices, f.max_length) for f in doc.fields]
+    return JsonObjectMachine(doc.names, rules, corpus=corpus)
+
+
+def _prompt(doc: DocSchema, ocr_text: str) -> str:
+    if doc.freeform:
+        return freeform_prompt(ocr_text)
+    return fields_prompt(doc.names, ocr_text, doc.descriptions)
+
+
+def _eos_ids(vlm) -> list[int]:
+    ids: list[int] = []
+    for source in (vlm.model.generation_config.eos_token_id, vlm.processor.tokenizer.eos_token_id):
+        if source is None:
+            continue
+        for i in source if isinstance(source, (list, tuple)) else [source]:
+            if i not in ids:
+                ids.append(int(i))
+    return ids
+
+
+def _prompt_tokens(vlm, prompt: str) -> int:
+    """Token count of the full chat prompt, image tokens included."""
+    conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    text = vlm.processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+    n = len(vlm.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+    return n - 1 + int(vlm.model.config.image_seq_length)
+
+
+def fit_ocr_text(vlm, doc: DocSchema, ocr_text: str, max_new_tokens: int) -> str:
+    """The longest prefix (in rows) of ``ocr_text`` whose prompt fits the context with the answer budget."""
+    budget = generation.context_length(vlm.model) - max_new_tokens
+    if _prompt_tokens(vlm, _prompt(doc, ocr_text)) <= budget:
+        return ocr_text
+    rows = ocr_text.split("\n")
+    lo, hi = 0, len(rows) - 1  # invariant: rows[:lo] fits (checked below for lo=0), rows[:hi+1] doesn't
+    if _prompt_tokens(vlm, _prompt(doc, "")) > budget:
+        raise InputError(
+            f"the extraction prompt does not fit the model's context ({generation.context_length(vlm.model)} "
+            f"tokens) with max_new_tokens={max_new_tokens}, even without OCR text"
+        )
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _prompt_tokens(vlm, _prompt(doc, "\n".join(rows[:mid]))) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return "\n".join(rows[:lo])
+
+
+def extract_page(vlm, image, lines: list[OcrLine], doc: DocSchema, opts: GenerationOptions,
+                 ground: bool = True) -> dict:
+    """Raw decoded values (strings or None) of one page image with its OCR lines."""
+    ocr_text = format_ocr(lines)
+    if not ocr_text.strip():
+        return {} if doc.freeform else doc.empty()
+    shown = fit_ocr_text(vlm, doc, ocr_text, opts.max_new_tokens)
+    normed, images = normalise(user_turn(image, _prompt(doc, shown)), vlm.limits)
+    batch = generation.encode(vlm.model, vlm.processor, [normed], [images], opts)
+    prompt_length = batch["input_ids"].shape[1]
+    machine = _machine(doc, ocr_text if ground else None)
+    eos = _eos_ids(vlm)
+    proc = JsonLogitsProcessor(machine, token_texts(vlm.processor.tokenizer), eos, prompt_length)
+    kwargs = generation.generate_kwargs(vlm.model, vlm.processor, replace(opts, stop=[]))
+    kwargs.update(logits_processor=LogitsProcessorList([proc]), eos_token_id=eos)
+    with torch.inference_mode(), generation._seeded(opts.seed):
+        out = vlm.model.generate(**batch, **kwargs)
+    return proc.values(out[0, prompt_length:].tolist())
+
+
+def _typed(doc: DocSchema, raw: dict) -> dict:
+    if doc.freeform:
+        return {k: (" ".join(v.split()) if isinstance(v, str) else None) for k, v in raw.items()}
+    return {f.name: coerce(f, raw.get(f.name)) for f in doc.fields}
+
+
+def extract(vlm, source, fields=None, schema=None, pages=None, template: str | Template | None = None, *,
+            per_page: bool = False, ground: bool = True, dpi: float | None = None,
+            options: GenerationOptions | None = None, **gen):
+    """Extract fields from an image or PDF. See the module docstring for the rules.
+
+    Returns a dict (fields / JSON Schema / template), a pydantic instance (pydantic schema), or with
+    ``per_page=True`` a list of ``{"page": n, "fields": ...}``.
+    """
+    if isinstance(template, str):
+        template = get_template(template)
+    doc = resolve_schema(fields, schema, template)
+    if "max_new_tokens" not in gen or gen["max_new_tokens"] is None:
+        if options is None:
+            gen["max_new_tokens"] = default_max_new_tokens(doc)
+    opts = GenerationOptions.from_kwargs(options, **gen)
+    page_kw = {} if dpi is None else {"dpi": dpi}
+    results: list[tuple[int, dict]] = []
+    merged: dict = {} if doc.freeform else doc.empty()
+    for page in iter_pages(source, pages, limits=vlm.limits, **page_kw):
+        lines = [replace(line, page=page.number) for line in run_ocr(page.image)]
+        typed = _typed(doc, extract_page(vlm, page.image, lines, doc, opts, ground))
+        results.append((page.number, typed))
+        for key, value in typed.items():
+            if merged.get(key) is None:
+                merged[key] = value
+        if not per_page and not doc.freeform and all(v is not None for v in merged.values()):
+            break  # later pages can't change a "first non-null" merge
+    if per_page:
+        return [{"page": n, "fields": validate(doc, values)} for n, values in results]
+    return validate(doc, merged)
+
+
+def ocr_document(source, pages=None, *, dpi: float | None = None) -> list[OcrLine]:
+    """OCR lines of every selected page, in page order then reading order (``line.page`` is 1-based)."""
+    page_kw = {} if dpi is None else {"dpi": dpi}
+    out: list[OcrLine] = []
+    for page in iter_pages(source, pages, **page_kw):
+        out.extend(replace(line, page=page.number) for line in run_ocr(page.image))
+    return out

@@ -1,0 +1,130 @@
+"""Prompt library for document extraction, and the compact OCR text format the model reads.
+
+OCR text format (``format_ocr``): one text row per line, in reading order. OCR lines that sit on the same
+visual row are joined by a TAB (so a receipt's ``TOTAL<TAB>9.00`` stays together); each new row starts a
+new line; pages are separated by a blank line. No boxes or scores: a 135M model with ~8k context reads it,
+so it is kept token-cheap. The image goes into the prompt as well (the ``<image>`` placeholder before it).
+
+The same functions build the SROIE training records (``vlm.data``), so training and inference see
+identical prompts: ``fields_prompt`` is the user text after ``"<image>\\n"`` and ``fields_answer`` the
+assistant text.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from ..ocr import OcrLine, same_row
+
+CELL_SEP = "\t"
+
+
+def format_ocr(lines: list[OcrLine]) -> str:
+    """OCR lines (already in reading order) as compact text: rows on lines, same-row cells TAB-joined."""
+    out: list[str] = []
+    prev: OcrLine | None = None
+    for line in lines:
+        text = " ".join(line.text.split())
+        if not text:
+            continue
+        if prev is None:
+            out.append(text)
+        elif same_row(prev, line):
+            out[-1] += CELL_SEP + text
+        else:
+            if line.page != prev.page:
+                out.append("")
+            out.append(text)
+        prev = line
+    return "\n".join(out)
+
+
+def _field_list(fields: list[str], descriptions: dict[str, str] | None) -> str:
+    if not descriptions or not any(descriptions.get(f) for f in fields):
+        return ", ".join(fields) + "."
+    return "\n" + "\n".join(f"- {f}: {descriptions[f]}" if descriptions.get(f) else f"- {f}" for f in fields)
+
+
+def fields_prompt(fields: list[str], ocr_text: str, descriptions: dict[str, str] | None = None) -> str:
+    """The user text (after ``"<image>\\n"``) asking for ``fields`` as a JSON object."""
+    ocr_text = ocr_text.strip() or "(no text found)"
+    return (
+        f"OCR text:\n{ocr_text}\n\n"
+        f"Extract these fields as JSON: {_field_list(fields, descriptions)}\n"
+        "Copy each value as printed; use null if it is not in the document."
+    )
+
+
+def freeform_prompt(ocr_text: str) -> str:
+    """Ask for every key-value pair of the document as one flat JSON object."""
+    ocr_text = ocr_text.strip() or "(no text found)"
+    return (
+        f"OCR text:\n{ocr_text}\n\n"
+        "Extract every key-value pair in this document as one flat JSON object.\n"
+        "Copy each value as printed."
+    )
+
+
+def fields_answer(values: dict, fields: list[str] | None = None) -> str:
+    """Canonical JSON answer: keys in field order (``fields`` or the dict's order), ensure_ascii=False."""
+    order = list(fields) if fields is not None else list(values)
+    return json.dumps({k: values.get(k) for k in order}, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A ready extraction prompt: a document kind with its fields (or free-form key-value pairs)."""
+
+    name: str
+    fields: tuple[str, ...] = ()
+    descriptions: dict[str, str] = field(default_factory=dict)
+    date_fields: tuple[str, ...] = ()  # returned as ISO dates (JSON Schema format: date)
+    freeform: bool = False
+
+    def prompt(self, ocr_text: str) -> str:
+        if self.freeform:
+            return freeform_prompt(ocr_text)
+        return fields_prompt(list(self.fields), ocr_text, self.descriptions)
+
+
+TEMPLATES: dict[str, Template] = {
+    # The SROIE key fields, with no descriptions: identical to fields_prompt(["company", ...]) as trained.
+    "receipt": Template("receipt", ("company", "date", "address", "total")),
+    "invoice": Template(
+        "invoice",
+        ("invoice_number", "invoice_date", "due_date", "seller", "buyer", "subtotal", "tax", "total", "currency"),
+        {
+            "invoice_number": "the invoice number or ID",
+            "invoice_date": "date the invoice was issued",
+            "due_date": "payment due date",
+            "seller": "company issuing the invoice",
+            "buyer": "customer billed",
+            "subtotal": "amount before tax",
+            "tax": "tax amount",
+            "total": "total amount due",
+            "currency": "currency code or symbol",
+        },
+        date_fields=("invoice_date", "due_date"),
+    ),
+    "form": Template(
+        "form",
+        ("name", "date", "address", "phone", "email", "id_number", "signature_date"),
+        {
+            "name": "full name of the person filling in the form",
+            "date": "date on the form",
+            "address": "postal address",
+            "phone": "phone number",
+            "email": "email address",
+            "id_number": "ID, account or reference number",
+            "signature_date": "date next to the signature",
+        },
+    ),
+    "kv": Template("kv", freeform=True),
+}
+
+
+def get_template(name: str) -> Template:
+    try:
+        return TEMPLATES[name]
+    except KeyError:
+        raise ValueError(f"unknown template {name!r}; choose one of {', '.join(TEMPLATES)}") from None

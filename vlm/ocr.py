@@ -1,0 +1,265 @@
+"""Text lines of an image, with boxes, in reading order (rapidocr's PP-OCR ONNX models, CPU).
+
+``run_ocr(image)`` returns :class:`OcrLine` objects sorted into reading order (see :func:`reading_order`).
+Results are cached per image content: the key is the sha256 of the decoded RGB pixels (plus size and the
+OCR/ordering version), kept in memory and as JSON under ``vlm.hub.cache_dir()/ocr``. Set
+``VLM_OCR_THREADS`` to change the number of onnxruntime threads (default: up to 4).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from statistics import median
+
+from .images import ImageInput, load_image
+
+# Bump when the engine settings or the ordering change, so stale cache entries are not reused.
+OCR_VERSION = "rapidocr3-ppocrv6-order2"
+_MEMORY_ENTRIES = 256
+
+
+@dataclass
+class OcrLine:
+    text: str
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in image pixels
+    score: float
+    page: int = 1  # 1-based page number; set by vlm.documents for multi-page sources
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["box"] = [round(v, 1) for v in self.box]
+        out["score"] = round(self.score, 4)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OcrLine":
+        return cls(text=d["text"], box=tuple(float(v) for v in d["box"]), score=float(d["score"]),
+                   page=int(d.get("page", 1)))
+
+
+# -- engine ---------------------------------------------------------------------------------------
+_engine = None
+_engine_lock = threading.Lock()
+_memory: OrderedDict[str, list[OcrLine]] = OrderedDict()
+_stats = {"engine_runs": 0, "memory_hits": 0, "disk_hits": 0}
+
+
+def _get_engine():
+    global _engine
+    with _engine_lock:
+        if _engine is None:
+            from rapidocr import RapidOCR
+
+            threads = int(os.environ.get("VLM_OCR_THREADS", min(4, os.cpu_count() or 1)))
+            _engine = RapidOCR(params={
+                "Global.log_level": "warning",
+                "EngineConfig.onnxruntime.intra_op_num_threads": threads,
+                "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+            })
+        return _engine
+
+
+def ocr_stats() -> dict:
+    """How often the OCR engine ran and how often the caches answered (this process)."""
+    return dict(_stats)
+
+
+def clear_memory_cache() -> None:
+    _memory.clear()
+
+
+def _cache_path(key: str) -> Path:
+    from .hub import cache_dir
+
+    return cache_dir() / "ocr" / key[:2] / f"{key}.json"
+
+
+def image_key(img) -> str:
+    """Content key of a loaded RGB image: sha256 of its pixels, size and the OCR version."""
+    h = hashlib.sha256()
+    h.update(f"{OCR_VERSION}|{img.mode}|{img.size[0]}x{img.size[1]}|".encode())
+    h.update(img.tobytes())
+    return h.hexdigest()
+
+
+def _raw_ocr(img) -> list[OcrLine]:
+    engine = _get_engine()
+    _stats["engine_runs"] += 1
+    out = engine(img)
+    if out.txts is None or out.boxes is None:
+        return []
+    lines = []
+    for poly, text, score in zip(out.boxes, out.txts, out.scores):
+        text = " ".join(str(text).split())
+        if not text:
+            continue
+        xs, ys = [float(p[0]) for p in poly], [float(p[1]) for p in poly]
+        lines.append(OcrLine(text, (min(xs), min(ys), max(xs), max(ys)), float(score)))
+    return lines
+
+
+def run_ocr(image: ImageInput, *, cache: bool = True) -> list[OcrLine]:
+    """OCR lines of one image in reading order. Accepts anything :func:`vlm.images.load_image` does.
+
+    An image without text gives ``[]``. Results are cached per image content (memory and disk).
+    """
+    img = load_image(image)
+    key = image_key(img)
+    if cache:
+        if key in _memory:
+            _memory.move_to_end(key)
+            _stats["memory_hits"] += 1
+            return [OcrLine(**asdict(line)) for line in _memory[key]]
+        path = _cache_path(key)
+        if path.is_file():
+            try:
+                lines = [OcrLine.from_dict(d) for d in json.loads(path.read_text())]
+            except (ValueError, KeyError, TypeError):
+                lines = None  # a damaged entry: run OCR again and overwrite it
+            if lines is not None:
+                _stats["disk_hits"] += 1
+                _remember(key, lines)
+                return lines
+    lines = reading_order(_raw_ocr(img))
+    if cache:
+        _remember(key, lines)
+        _write_disk(key, lines)
+    return lines
+
+
+def _remember(key: str, lines: list[OcrLine]) -> None:
+    _memory[key] = [OcrLine(**asdict(line)) for line in lines]
+    _memory.move_to_end(key)
+    while len(_memory) > _MEMORY_ENTRIES:
+        _memory.popitem(last=False)
+
+
+def _write_disk(key: str, lines: list[OcrLine]) -> None:
+    path = _cache_path(key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps([line.to_dict() for line in lines], ensure_ascii=False))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache is not an error: OCR still works, just uncached
+
+
+# -- reading order --------------------------------------------------------------------------------
+# Rules (documented in docs and tested):
+# 1. Lines are grouped into rows: a line joins a row when it overlaps the row vertically by at least half
+#    of the smaller height. Rows are sorted top to bottom, lines in a row left to right.
+# 2. A run of consecutive rows that share an empty vertical band (a gutter at least one median line height
+#    wide that no line crosses) is a multi-column block when both sides hold at least two lines and the
+#    lines on both sides are text-like (median length >= 8 characters). Such a block is read column by
+#    column (left column top to bottom, then the right one; applied recursively for 3+ columns).
+#    Receipt rows like "TOTAL      9.00" have a gutter too, but their short right side keeps them as rows.
+
+_MIN_COLUMN_CHARS = 8
+_MIN_COLUMN_LINES = 2
+
+
+def _height(line: OcrLine) -> float:
+    return max(1.0, line.box[3] - line.box[1])
+
+
+def _group_rows(lines: list[OcrLine]) -> list[list[OcrLine]]:
+    rows: list[list[OcrLine]] = []
+    for line in sorted(lines, key=lambda ln: ((ln.box[1] + ln.box[3]) / 2, ln.box[0])):
+        if rows:
+            row = rows[-1]
+            top, bottom = min(ln.box[1] for ln in row), max(ln.box[3] for ln in row)
+            overlap = min(bottom, line.box[3]) - max(top, line.box[1])
+            if overlap >= 0.5 * min(bottom - top, _height(line)):
+                row.append(line)
+                continue
+        rows.append([line])
+    return [sorted(row, key=lambda ln: ln.box[0]) for row in rows]
+
+
+def _free_bands(row: list[OcrLine], lo: float, hi: float) -> list[tuple[float, float]]:
+    """Horizontal intervals inside (lo, hi) that no line of ``row`` covers."""
+    bands, x = [], lo
+    for ln in sorted(row, key=lambda ln: ln.box[0]):
+        if ln.box[0] > x:
+            bands.append((x, ln.box[0]))
+        x = max(x, ln.box[2])
+    if hi > x:
+        bands.append((x, hi))
+    return bands
+
+
+def _intersect(a: list[tuple[float, float]], b: list[tuple[float, float]], min_width: float):
+    out = []
+    for a0, a1 in a:
+        for b0, b1 in b:
+            lo, hi = max(a0, b0), min(a1, b1)
+            if hi - lo >= min_width:
+                out.append((lo, hi))
+    return out
+
+
+def _is_text_column(lines: list[OcrLine]) -> bool:
+    return len(lines) >= _MIN_COLUMN_LINES and median(len(ln.text) for ln in lines) >= _MIN_COLUMN_CHARS
+
+
+def _column_split(rows: list[list[OcrLine]], min_gap: float):
+    """Longest run of rows from rows[0] with a shared gutter that splits into two text columns."""
+    lo = min(ln.box[0] for row in rows for ln in row)
+    hi = max(ln.box[2] for row in rows for ln in row)
+    if len(rows[0]) < 2:
+        return None
+    gutters = [g for g in _free_bands(rows[0], lo, hi) if g[0] > lo and g[1] < hi and g[1] - g[0] >= min_gap]
+    best = None
+    end = 0
+    for j, row in enumerate(rows):
+        nxt = _intersect(gutters, _free_bands(row, lo, hi), min_gap) if j else gutters
+        if not nxt:
+            break
+        gutters, end = nxt, j + 1
+        if end >= 2:
+            for g0, g1 in gutters:
+                block = [ln for r in rows[:end] for ln in r]
+                left = [ln for ln in block if ln.box[2] <= g0 + 1e-6]
+                right = [ln for ln in block if ln.box[0] >= g1 - 1e-6]
+                if _is_text_column(left) and _is_text_column(right):
+                    best = (end, left, right)
+                    break
+    return best
+
+
+def _order(lines: list[OcrLine]) -> list[OcrLine]:
+    if len(lines) < 2:
+        return list(lines)
+    rows = _group_rows(lines)
+    min_gap = median(_height(ln) for ln in lines)
+    out: list[OcrLine] = []
+    i = 0
+    while i < len(rows):
+        split = _column_split(rows[i:], min_gap)
+        if split is None:
+            out.extend(rows[i])
+            i += 1
+            continue
+        n, left, right = split
+        out.extend(_order(left))
+        out.extend(_order(right))
+        i += n
+    return out
+
+
+def reading_order(lines: list[OcrLine]) -> list[OcrLine]:
+    """Sort OCR lines into reading order: rows top to bottom, text columns one after another."""
+    return _order(lines)
+
+
+def same_row(a: OcrLine, b: OcrLine) -> bool:
+    """Whether ``b`` continues ``a``'s row in reading order (vertical overlap and to its right)."""
+    overlap = min(a.box[3], b.box[3]) - max(a.box[1], b.box[1])
+    return a.page == b.page and b.box[0] >= a.box[2] - 0.5 * _height(a) and \
+        overlap >= 0.5 * min(_height(a), _height(b))

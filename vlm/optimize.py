@@ -1,0 +1,260 @@
+"""CPU inference optimisations applied to a loaded :class:`~vlm.api.VLM`, each one switchable.
+
+``apply(vlm, InferenceOptions(...))`` changes the model in place and returns it. Every lever is measured
+by ``vlm bench`` against stock ``LlavaForConditionalGeneration.generate`` in float32 (see bench/README.md);
+:data:`RECOMMENDED` holds the levers the measurements back.
+
+Levers
+- ``dtype``: ``"bfloat16"`` runs everything in bf16 (AMX matmuls: faster prefill, outputs drift).
+- ``int8``: dynamic int8 quantisation of the LLM's linear layers and the LM head (``torch.ao`` dynamic quant:
+  int8 weights, activations quantised per call). Decode reads 4x fewer weight bytes. float32 path only.
+- ``attention``: ``"sdpa"`` (fused scaled-dot-product attention) or ``"eager"``.
+- ``threads``: ``torch.set_num_threads`` (process-wide); ``None`` leaves torch's default.
+- ``compile``: static KV cache + ``torch.compile`` of the decode step inside ``generate``.
+- ``reuse_vision``: run the vision tower once per distinct image (LRU over pixel hashes), so later chat
+  turns about the same image skip it.
+- ``image_pool``: average-pool the image-token grid to ``image_pool x image_pool`` tokens (``0`` = off).
+  Changes what the LLM sees: only for models trained or checked with it (report its quality cost).
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+_ATTENTION = ("sdpa", "eager")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class InferenceOptions:
+    """Which optimisations to apply. The defaults change nothing (the float32 reference path)."""
+
+    dtype: str = "float32"
+    int8: bool = False
+    attention: str = "sdpa"
+    threads: int | None = None
+    compile: bool = False
+    reuse_vision: bool = False
+    vision_cache_size: int = 64
+    image_pool: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.int8 and self.dtype != "float32":
+            raise ValueError("int8 dynamic quantisation needs dtype='float32' (activations stay float32)")
+        if self.attention not in _ATTENTION:
+            raise ValueError(f"attention must be one of {list(_ATTENTION)}, got {self.attention!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.vision_cache_size < 1:
+            raise ValueError(f"vision_cache_size must be >= 1, got {self.vision_cache_size}")
+        if self.image_pool < 0:
+            raise ValueError(f"image_pool must be >= 0 (0 = off), got {self.image_pool}")
+
+    def label(self) -> str:
+        """A short name for tables, e.g. ``int8+reuse_vision``."""
+        parts = [] if self.dtype == "float32" else [self.dtype]
+        parts += ["int8"] if self.int8 else []
+        parts += [] if self.attention == "sdpa" else [f"attn={self.attention}"]
+        parts += [] if self.threads is None else [f"threads={self.threads}"]
+        parts += ["compile"] if self.compile else []
+        parts += ["reuse_vision"] if self.reuse_vision else []
+        parts += [f"pool{self.image_pool}"] if self.image_pool else []
+        return "+".join(parts) or "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_(self, **changes) -> "InferenceOptions":
+        return replace(self, **changes)
+
+
+# Levers backed by the measurements in bench/README.md (int8 decode ~2.5x, TTFT ~1.5-2x; vision reuse free).
+RECOMMENDED = InferenceOptions(int8=True, reuse_vision=True)
+
+
+def apply(vlm, options: InferenceOptions | None = None):
+    """Apply ``options`` to ``vlm`` in place and return it. Apply once, on a freshly loaded model."""
+    options = options or InferenceOptions()
+    model = vlm.model
+    if getattr(model, "_vlm_inference_options", None) is not None:
+        raise ValueError("inference options were already applied to this model; load a fresh one")
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    model.set_attn_implementation(options.attention)
+    if options.dtype != "float32":
+        model.to(_DTYPES[options.dtype])
+    if options.int8:
+        quantise_llm_int8(model)
+    if options.compile:
+        enable_static_compile(model)
+    if options.image_pool:
+        pool_image_tokens(vlm, options.image_pool)
+    if options.reuse_vision:
+        VisionFeatureCache(options.vision_cache_size).attach(model)
+    model._vlm_inference_options = options
+    return vlm
+
+
+def quantise_llm_int8(model) -> None:
+    """Dynamic int8 quantisation of every ``nn.Linear`` in the LLM and of the LM head.
+
+    The input embedding keeps its float32 table (a tied LM head gets its own int8 copy), the vision tower and
+    the projector stay float32: they run once per image, and their error would reach every image token.
+    """
+    if model.dtype != torch.float32:
+        raise ValueError(f"int8 dynamic quantisation needs a float32 model, this one is {model.dtype}")
+    from torch.ao.quantization import quantize_dynamic
+
+    inner = model.model
+    inner.language_model = quantize_dynamic(inner.language_model, {nn.Linear}, dtype=torch.qint8)
+    holder = nn.Module()
+    holder.lm_head = model.lm_head
+    model.lm_head = quantize_dynamic(holder, {nn.Linear}, dtype=torch.qint8).lm_head
+    # generate() must not re-tie the (now quantised) head to the embedding table.
+    model.config.tie_word_embeddings = False
+    model.config.text_config.tie_word_embeddings = False
+
+
+def enable_static_compile(model) -> None:
+    """Static KV cache + ``torch.compile`` of the decode step, through ``generate``'s own switches.
+
+    transformers only auto-compiles on accelerators unless ``CompileConfig._compile_all_devices`` is set.
+    The first generate call per cache length compiles (tens of seconds on CPU).
+    """
+    from transformers import CompileConfig
+
+    config = CompileConfig(fullgraph=False, mode="default")
+    config._compile_all_devices = True
+    model.generation_config.cache_implementation = "static"
+    model.generation_config.compile_config = config
+
+
+class VisionFeatureCache:
+    """LRU of projected image features keyed by a hash of each image's pixels.
+
+    Wraps ``LlavaModel.get_image_features`` on one model instance: images already seen (same pixels, same
+    feature layer/strategy) skip the vision tower and projector; new ones in a batch are encoded together.
+    """
+
+    def __init__(self, capacity: int = 64):
+        self.capacity = capacity
+        self.entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def attach(self, model) -> "VisionFeatureCache":
+        inner = model.model
+        original = inner.get_image_features
+
+        def get_image_features(pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None,
+                               image_sizes=None, **kwargs):
+            if image_sizes is not None or torch.is_grad_enabled():  # training, or variable-size images: no cache
+                return original(pixel_values=pixel_values, vision_feature_layer=vision_feature_layer,
+                                vision_feature_select_strategy=vision_feature_select_strategy,
+                                image_sizes=image_sizes, **kwargs)
+            salt = (str(vision_feature_layer), str(vision_feature_select_strategy))
+            keys = [self._key(img, salt) for img in pixel_values]
+            missing = [i for i, k in enumerate(keys) if k not in self.entries]
+            self.hits += len(keys) - len(missing)
+            self.misses += len(missing)
+            result = None
+            if missing:
+                result = original(pixel_values=pixel_values[missing], vision_feature_layer=vision_feature_layer,
+                                  vision_feature_select_strategy=vision_feature_select_strategy, **kwargs)
+                for i, feats in zip(missing, result.pooler_output):
+                    self._put(keys[i], feats)
+            features = [self.entries[k] for k in keys]
+            for k in keys:
+                self.entries.move_to_end(k)
+            if result is None:
+                from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+                result = BaseModelOutputWithPooling()
+            result.pooler_output = features
+            return result
+
+        inner.get_image_features = get_image_features
+        model._vlm_vision_cache = self
+        return self
+
+    @staticmethod
+    def _key(image: torch.Tensor, salt: tuple) -> tuple:
+        data = image.detach().contiguous().cpu()
+        digest = hashlib.blake2b(data.view(torch.uint8).numpy().tobytes(), digest_size=16).hexdigest()
+        return (digest, tuple(data.shape), str(data.dtype)) + salt
+
+    def _put(self, key: tuple, feats: torch.Tensor) -> None:
+        self.entries[key] = feats.detach()
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
+
+
+def pool_image_tokens(vlm, side: int) -> None:
+    """Average-pool each image's square token grid to ``side x side`` tokens.
+
+    The processor is told to emit ``side**2`` ``<image>`` placeholders (via its patch size), and the model's
+    ``get_image_features`` pools the projected features to match.
+    """
+    model, processor = vlm.model, vlm.processor
+    vc = model.config.vision_config
+    grid = vc.image_size // vc.patch_size
+    if not 1 <= side < grid:
+        raise ValueError(f"image_pool must be between 1 and {grid - 1} for a {grid}x{grid} token grid, got {side}")
+    if vc.image_size % side:
+        raise ValueError(f"image_pool={side} must divide the image size {vc.image_size}")
+    inner = model.model
+    original = inner.get_image_features
+
+    def get_image_features(pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None, **kwargs):
+        out = original(pixel_values=pixel_values, vision_feature_layer=vision_feature_layer,
+                       vision_feature_select_strategy=vision_feature_select_strategy, **kwargs)
+        pooled = []
+        for feats in out.pooler_output:  # (grid*grid, hidden)
+            g = feats.transpose(0, 1).reshape(1, -1, grid, grid)
+            p = nn.functional.adaptive_avg_pool2d(g.float(), side).to(feats.dtype)
+            pooled.append(p.reshape(feats.shape[-1], side * side).transpose(0, 1))
+        out.pooler_output = pooled
+        return out
+
+    inner.get_image_features = get_image_features
+    processor.patch_size = vc.image_size // side
+    model.config.image_seq_length = side * side
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of LLM weights one decode step reads: every linear (float or packed int8) plus one embedding row."""
+    total = 0
+    llm = model.model.language_model
+    modules = list(llm.named_modules()) + [("lm_head", model.lm_head)]
+    for name, module in modules:
+        if isinstance(module, nn.Embedding):
+            total += module.weight.shape[1] * module.weight.element_size()
+            continue
+        packed = getattr(module, "weight", None)
+        if callable(packed):  # torch.ao dynamic quantised Linear: weight() -> quantised tensor
+            w = packed()
+            total += w.numel() * w.element_size()
+            bias = module.bias()
+            total += 0 if bias is None else bias.numel() * bias.element_size()
+            continue
+        for p in module.parameters(recurse=False):
+            total += p.numel() * p.element_size()
+    return total
+
+
+def kv_bytes_per_token(model, context: int) -> int:
+    """Bytes of KV cache one decode step reads at ``context`` tokens."""
+    tc = model.config.text_config
+    head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+    kv_heads = getattr(tc, "num_key_value_heads", None) or tc.num_attention_heads
+    elem = torch.finfo(model.dtype).bits // 8
+    return 2 * tc.num_hidden_layers * kv_heads * head_dim * context * elem
+
