@@ -15,13 +15,14 @@ are accepted too); :func:`data_prep.io.load_llava_dataset` resolves them to abso
 - :mod:`data_prep.flickr8k`, :mod:`data_prep.sroie`: the two preparations.
 - :mod:`data_prep.cli`: ``vlm prep ...``.
 """
-from .io import load_llava_dataset, load_records, write_records
+from .io import load_llava_dataset, load_pairs_dataset, load_records, write_records
 from .records import BadRecordError, RecordAccounting, validate_record
 
 __all__ = [
     "BadRecordError",
     "RecordAccounting",
     "load_llava_dataset",
+    "load_pairs_dataset",
     "load_records",
     "validate_record",
     "write_records",

@@ -17,11 +17,11 @@ from pathlib import Path
 HELP = "prepare LLaVA training data (flickr8k, sroie) or check record files"
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, limit_help: str) -> None:
     p.add_argument("--src", required=True, type=Path, help="source data folder")
     p.add_argument("--out", required=True, type=Path, help="output folder (created)")
     p.add_argument("--seed", type=int, default=0, help="seed for prompt choice and sampling (default 0)")
-    p.add_argument("--limit", type=int, default=None, help="use at most N source items per split (quick runs)")
+    p.add_argument("--limit", type=int, default=None, help=limit_help)
     p.add_argument("--strict", action="store_true", help="stop with an error at the first bad record")
     p.add_argument("--absolute-paths", action="store_true",
                    help="write absolute image paths (default: relative to the output file's folder)")
@@ -32,13 +32,13 @@ def _common(p: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="prep_command", required=True, metavar="SOURCE")
     fl = sub.add_parser("flickr8k", help="Flickr8k -> stage-0 pairs, stage-1 captions, stage-2 instructions")
-    _common(fl)
+    _common(fl, "use at most the first N images of each split (quick runs)")
     fl.add_argument("--stage1-captions", type=int, default=5,
                     help="captions per image used for stage 1 (1-5; default 5 = every caption)")
     fl.add_argument("--raw-captions", action="store_true",
                     help="keep captions byte for byte (default: tidy tokeniser spacing, capital, final period)")
     sr = sub.add_parser("sroie", help="SROIE -> stage-1 reading and stage-2 extraction records, vendor split")
-    _common(sr)
+    _common(sr, "use at most the first N receipts, before the vendor split (quick runs)")
     sr.add_argument("--ocr", choices=["rapidocr", "dataset"], default="rapidocr",
                     help="OCR text in extraction prompts: rapidocr = same engine as inference (slow the first "
                          "time, cached); dataset = the data's human OCR lines (fast, cleaner than inference)")

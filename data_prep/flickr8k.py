@@ -154,18 +154,16 @@ def _conv(*pairs: tuple[str, str]) -> list[dict]:
     return turns
 
 
-def stage1_records(key: str, image: str, captions: list[str], seed: int, per_image: int) -> list[list[dict]]:
-    """Per caption round ``k``: the record for the ``k``-th chosen caption (rounds let us interleave)."""
-    rng = rng_for(seed, key, "stage1-order")
+def stage1_records(key: str, image: str, captions: list[str], seed: int, per_image: int) -> list[dict]:
+    """``per_image`` caption records of one image, its captions in a seeded order (one per round)."""
     order = list(range(len(captions)))
-    rng.shuffle(order)
-    rounds = []
-    for k, ci in enumerate(order[:per_image]):
-        prompt = pick(rng_for(seed, f"{key}#{ci}", "stage1-prompt"), CAPTION_PROMPTS)
-        rounds.append(
-            [{"id": f"flickr8k-{key}-s1-{ci}", "image": image, "conversations": _conv((IMG + prompt, captions[ci]))}]
-        )
-    return rounds
+    rng_for(seed, key, "stage1-order").shuffle(order)
+    return [
+        {"id": f"flickr8k-{key}-s1-{ci}", "image": image,
+         "conversations": _conv((IMG + pick(rng_for(seed, f"{key}#{ci}", "stage1-prompt"), CAPTION_PROMPTS),
+                                 captions[ci]))}
+        for ci in order[:per_image]
+    ]
 
 
 def stage2_records(key: str, image: str, captions: list[str], seed: int) -> list[dict]:
@@ -241,8 +239,8 @@ def prepare_flickr8k(cfg: Flickr8kPrepConfig, progress: bool = False) -> dict:
             captions = raw if cfg.raw_captions else [clean_caption(c) for c in raw]
             image = image_ref(cfg.src / row["image"], cfg.out, absolute=cfg.absolute_paths)
             pairs.append({"id": f"flickr8k-{key}", "image": image, "captions": captions})
-            for k, recs in enumerate(stage1_records(key, image, captions, cfg.seed, cfg.stage1_captions)):
-                rounds[k].extend(recs)
+            for k, record in enumerate(stage1_records(key, image, captions, cfg.seed, cfg.stage1_captions)):
+                rounds[k].append(record)
             stage2.extend(stage2_records(key, image, captions, cfg.seed))
         stage1 = [r for rnd in rounds for r in rnd]
         for stage, records in (("stage0", pairs), ("stage1", stage1), ("stage2", stage2)):

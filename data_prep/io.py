@@ -18,6 +18,7 @@ from .records import (
     ImageChecker,
     RecordAccounting,
     RecordProblem,
+    check_pair,
     check_record,
     record_images,
     resolve_path,
@@ -136,7 +137,7 @@ def load_llava_dataset(
     for i, record in enumerate(
         checked_records(path, check_image=check_image, decode_images=decode_images, accounting=accounting)
     ):
-        images = [str(resolve_path(p, root)) for p in record_images(record)]
+        images = [os.path.abspath(resolve_path(p, root)) for p in record_images(record)]
         rows.append(
             {
                 "id": str(record.get("id", f"{path.stem}-{i}")),
@@ -151,6 +152,41 @@ def load_llava_dataset(
         features = _features()
         return Dataset.from_dict({k: [] for k in features}, features=features)
     return Dataset.from_list(rows, features=_features())
+
+
+def load_pairs_dataset(
+    path: str | os.PathLike,
+    *,
+    decode_images: bool = False,
+    strict: bool = False,
+    accounting: RecordAccounting | None = None,
+):
+    """Loads a stage-0 pairs file (``{"id", "image", "captions"}``) as a ``datasets.Dataset``.
+
+    Columns: ``id``, ``image`` (absolute path), ``captions`` (list of str). Bad pairs are skipped and
+    counted like :func:`load_llava_dataset` does.
+    """
+    from datasets import Dataset, Features, List, Value
+
+    path = Path(path)
+    root = path.parent.resolve()
+    accounting = accounting if accounting is not None else RecordAccounting(strict=strict)
+    images = ImageChecker(decode=decode_images)
+    rows = []
+    for i, pair in enumerate(load_records(path)):
+        problem = check_pair(pair, root, images=images)
+        if problem:
+            accounting.reject(problem, pair.get("id", f"#{i}") if isinstance(pair, dict) else f"#{i}", str(path))
+            continue
+        accounting.keep(str(path))
+        rows.append({"id": str(pair.get("id", f"{path.stem}-{i}")), "image": os.path.abspath(resolve_path(pair["image"], root)),
+                     "captions": list(pair["captions"])})
+    if accounting.bad:
+        log.warning("%s: skipped %d bad pair(s): %s", path, sum(accounting.bad.values()), dict(accounting.bad))
+    features = Features({"id": Value("string"), "image": Value("string"), "captions": List(Value("string"))})
+    if not rows:
+        return Dataset.from_dict({k: [] for k in features}, features=features)
+    return Dataset.from_list(rows, features=features)
 
 
 def _features():

@@ -123,7 +123,7 @@ def _conversation_problem(record: dict) -> RecordProblem | None:
         if role != expected:
             return RecordProblem(BAD_ROLE_ORDER, f"turn {i} is from {role!r}, expected {expected!r} (roles: {roles})")
     if len(turns) % 2:
-        return RecordProblem(BAD_ROLE_ORDER, f"the last turn is from 'human'; a record must end with a gpt turn")
+        return RecordProblem(BAD_ROLE_ORDER, "the last turn is from 'human'; a record must end with a gpt turn")
     for i, turn in enumerate(turns):
         text = (turn["value"] or "").replace(IMAGE_TOKEN, "")
         if not text.strip():

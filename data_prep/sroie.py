@@ -31,6 +31,7 @@ OCR text in stage-2 prompts (``ocr``):
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 from dataclasses import dataclass
@@ -43,7 +44,6 @@ from .records import MALFORMED, ImageChecker, RecordAccounting, RecordProblem, c
 
 FIELDS = ("company", "date", "address", "total")
 OCR_MODES = ("rapidocr", "dataset")
-SPLITS = ("train", "val")
 IMG = "<image>\n"
 
 
@@ -114,8 +114,6 @@ def split_vendors(
     receipts: list[Receipt], val_fraction: float, seed: int, max_val_group: int
 ) -> tuple[list[Receipt], list[Receipt], dict]:
     """Splits whole vendor groups: returns ``(train, val, info)``."""
-    import random
-
     groups: dict[str, list[Receipt]] = {}
     for r in receipts:
         groups.setdefault(vendor_key(r.entities.get("company", "")), []).append(r)

@@ -5,16 +5,17 @@ import logging
 import os
 import signal
 import sys
-import threading
 
 from .config import ServeConfig
 from .engine import Engine
 
-log = logging.getLogger("vlm.serve")
-
 
 def build_engine(config: ServeConfig, vlm=None) -> Engine:
     """Load the model (unless given) and the content filter, and start the workers."""
+    if config.threads is not None:
+        import torch
+
+        torch.set_num_threads(config.threads)
     if vlm is None:
         from vlm import VLM
 
@@ -49,6 +50,7 @@ def build_app(config: ServeConfig, engine: Engine):
         demo.queue(default_concurrency_limit=config.capacity + 1)
         app = gr.mount_gradio_app(app, demo, path="", footer_links=["api"], theme=theme(), css=CSS,
                                   max_file_size=config.limits.max_image_bytes * 4, show_error=True)
+        app.state.gradio_apps = [r.app for r in app.routes if hasattr(getattr(r, "app", None), "stop_event")]
     app.state.engine = engine
     return app
 
@@ -75,6 +77,10 @@ def _server_class():
                 return
             print(f"vlm serve: {signal.Signals(sig).name} received, finishing in-flight requests…", flush=True)
             self.engine.begin_shutdown()
+            # End the UI's idle heartbeat streams (open browser tabs), as gradio's own launch() does, so
+            # they do not hold the shutdown for the whole graceful timeout.
+            for gradio_app in getattr(self.config.app.state, "gradio_apps", []):
+                gradio_app.stop_event.set()
             self.should_exit = True
 
     return Server
@@ -103,17 +109,4 @@ def serve(config: ServeConfig, vlm=None) -> int:
         engine.close(timeout=5)
     code = 0 if server.started else 1
     print("vlm serve: stopped", flush=True)
-    _exit_if_stuck(code)
     return code
-
-
-def _exit_if_stuck(code: int, wait_s: float = 3.0) -> None:
-    """A stray non-daemon thread (e.g. in a library) must not keep a stopped server alive."""
-    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
-    for t in stuck:
-        t.join(wait_s / max(1, len(stuck)))
-    if any(t.is_alive() for t in stuck):
-        log.warning("exiting with threads still running: %s", [t.name for t in stuck if t.is_alive()])
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)

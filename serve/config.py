@@ -57,6 +57,8 @@ class ServeConfig:
     moderation: bool = True
     moderation_threshold: float = 0.8  # open_nsfw score at or above which an image is refused
     ui: bool = True
+    threads: int | None = None  # torch intra-op threads; None: torch's default
+
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -71,6 +73,8 @@ class ServeConfig:
             raise ValueError(f"moderation threshold must be in [0, 1], got {self.moderation_threshold}")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
             raise ValueError(f"max prompt tokens must be positive, got {self.max_prompt_tokens}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("--api-key must not be empty")
 

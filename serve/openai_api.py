@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import time
 import uuid
 
@@ -13,9 +14,11 @@ from starlette.concurrency import run_in_threadpool
 
 from .config import ServeConfig
 from .engine import Completion, Engine, Job
-from .errors import BadRequest, ModelNotFound, ServeError, ShuttingDown, Timeout, TooLarge, Unauthorized
+from .errors import BadRequest, Internal, ModelNotFound, ServeError, ShuttingDown, Timeout, TooLarge, Unauthorized
 from .remote_images import image_bytes
 from .schemas import ChatCompletionRequest, parse_chat_request
+
+log = logging.getLogger("vlm.serve")
 
 
 def error_response(err: ServeError) -> JSONResponse:
@@ -27,6 +30,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServeError)
     async def _serve_error(request: Request, exc: ServeError):
         return error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):  # a bug: still an OpenAI error object
+        log.exception("unhandled error on %s", request.url.path)
+        return error_response(Internal(f"internal error: {type(exc).__name__}"))
 
 
 class OpenAIRoutes:
@@ -59,14 +67,14 @@ class OpenAIRoutes:
         declared = request.headers.get("content-length", "")
         too_large = TooLarge(f"request body is over the {limit}-byte limit", code="request_too_large")
         chunks, total = [], 0
-        async for chunk in request.stream():
+        stream = request.stream()
+        async for chunk in stream:
             total += len(chunk)
             if total > limit:
                 # Read on (discarding, up to a bound) so the client sees the 413 rather than a reset.
-                drained = total
                 if declared.isdigit() and int(declared) <= 4 * limit:
-                    async for more in request.stream():
-                        drained += len(more)
+                    async for _ in stream:
+                        pass
                 raise too_large
             chunks.append(chunk)
         return b"".join(chunks)
@@ -90,7 +98,12 @@ class OpenAIRoutes:
                 if part.type == "text":
                     parts.append({"type": "text", "text": part.text})
                 else:
-                    data = image_bytes(part.image_url.url, self.config.remote_images, limits)
+                    try:
+                        data = image_bytes(part.image_url.url, self.config.remote_images, limits)
+                    except ServeError:
+                        raise
+                    except ValueError as exc:  # vlm's ImageError: bad base64, empty...
+                        raise BadRequest(str(exc), param="messages") from None
                     parts.append({"type": "image", "image": data})
             out.append({"role": role, "content": parts})
         return out
@@ -131,8 +144,8 @@ class OpenAIRoutes:
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(
-                self._sse(job, cid, include_usage), media_type="text/event-stream",
+            return _JobStream(
+                job, self._sse(job, cid, include_usage), media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
@@ -180,6 +193,21 @@ class OpenAIRoutes:
         finally:
             job.stop("cancelled")  # the client went away (or we are done: then a no-op)
         yield "data: [DONE]\n\n"
+
+
+class _JobStream(StreamingResponse):
+    """Server-sent events for one job. However the response ends (done, client gone, server stopping),
+    the job's cancel Event is set afterwards, so no generation outlives its response."""
+
+    def __init__(self, job: Job, content, **kwargs):
+        super().__init__(content, **kwargs)
+        self.job = job
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.stop("cancelled")
 
 
 def _usage(done: Completion) -> dict:

@@ -1,6 +1,7 @@
 """Pydantic models for the OpenAI-compatible request bodies we accept."""
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -66,15 +67,25 @@ class ChatCompletionRequest(_Lenient):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
+# Location parts pydantic adds for union branches ("str", "list[...]", "tagged-union[...]"), not fields.
+_UNION_BRANCH = re.compile(r"^(str|int|float|bool|none|function-.*|.*\[.*\])$")
+
+
+_TAGS = {"text", "image_url"}
+
+
 def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     """Validate a JSON body; any problem becomes one :class:`BadRequest` naming the field."""
     try:
         return ChatCompletionRequest.model_validate_json(body)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
+        errors = exc.errors(include_url=False)
+        err = max(errors, key=lambda e: len(e["loc"]))  # of a union's failures, the one that got furthest
         if err["type"] == "json_invalid":
             raise BadRequest(f"request body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}") from None
-        loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union"))]
+        loc = [str(p) for p in err["loc"] if not _UNION_BRANCH.match(str(p))]
+        # a tagged union repeats the tag after the index: content.0.text.text -> content.0.text
+        loc = [p for i, p in enumerate(loc) if not (0 < i < len(loc) - 1 and loc[i - 1].isdigit() and p in _TAGS)]
         param = ".".join(loc) or None
         where = f"'{param}': " if param else ""
         raise BadRequest(f"invalid request: {where}{err['msg']}", param=param) from None

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import gradio as gr
 
 from .config import ServeConfig
 from .engine import Completion, Engine, Job
-from .errors import BadRequest, ServeError
+from .errors import ServeError
 from .examples import CHAT_EXAMPLES, EXTRACT_EXAMPLES
 
 ERROR_MARK = "**Error:** "
@@ -89,16 +88,20 @@ def history_to_messages(history: list[dict]) -> list[dict]:
     return out
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.1f} K"
+
+
 def format_info(info: dict) -> str:
     v, p, llm = info["vision_tower"], info["projector"], info["llm"]
     return "\n".join([
         f"### {info['name']}",
-        f"- **dtype:** {info['dtype']}  ·  **parameters:** {info['parameters'] / 1e6:.1f} M",
+        f"- **dtype:** {info['dtype']}  ·  **parameters:** {_count(info['parameters'])}",
         f"- **vision tower:** {v['type']}, {v['image_size']} px images, patch {v['patch_size']}, "
-        f"{v['layers']} layers, width {v['hidden_size']} ({v['parameters'] / 1e6:.1f} M)",
-        f"- **projector:** {p['type']} {p['in']} → {p['out']} ({p['parameters'] / 1e6:.2f} M)",
+        f"{v['layers']} layers, width {v['hidden_size']} ({_count(v['parameters'])})",
+        f"- **projector:** {p['type']} {p['in']} → {p['out']} ({_count(p['parameters'])})",
         f"- **language model:** {llm['type']}, {llm['layers']} layers, width {llm['hidden_size']}, "
-        f"context {llm['context_length']} tokens ({llm['parameters'] / 1e6:.1f} M)",
+        f"context {llm['context_length']} tokens ({_count(llm['parameters'])})",
         f"- **image tokens per image:** {info['image_tokens']}",
     ])
 
@@ -311,7 +314,3 @@ def build_ui(engine: Engine, config: ServeConfig, examples: dict[str, Path]) -> 
                 gr.Button("Refresh status").click(engine.snapshot, None, health, queue=False, api_name="status")
     demo.ui = ui  # handy for tests and introspection
     return demo
-
-
-def dump_info(info: dict) -> str:
-    return json.dumps(info, indent=2)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from data_prep.flickr8k import Flickr8kPrepConfig, captions_conflict, clean_caption, consistent_captions, prepare_flickr8k
-from data_prep.io import load_llava_dataset, load_records, write_records
+from data_prep.io import load_llava_dataset, load_pairs_dataset, load_records, write_records
 from data_prep.prompts import CAPTION_PROMPTS, DETAIL_PROMPTS, FIELD_QUESTIONS, FOLLOWUP_PROMPTS, QUESTION_PROMPTS, READ_PROMPTS
 from data_prep.records import (
     BAD_ROLE_ORDER,
@@ -255,6 +255,10 @@ def test_loader_reads_written_file_as_dataset(tmp_path, data_dir, photo):
     row = ds[0]
     assert Path(row["image"]).is_absolute() and Path(row["image"]).is_file() and row["images"] == [row["image"]]
     assert row["conversations"] == records[0]["conversations"]
+
+    pairs = load_pairs_dataset(out / "flickr8k_stage0_train.json")
+    assert len(pairs) == 4 and all(Path(p).is_file() for p in pairs["image"])
+    assert all(len(c) == 5 for c in pairs["captions"])
 
     # text-only and multi-image records, JSONL too
     mixed = tmp_path / "mixed.jsonl"

@@ -24,7 +24,10 @@ def add_common(parser: argparse.ArgumentParser, defaults: TrainConfig) -> None:
     a("--no-group-by-length", dest="group_by_length", action="store_false")
     a("--gradient-checkpointing", action="store_true")
     a("--bf16", action="store_true", help="bf16 autocast (pays off on CPUs with AMX and on GPUs)")
-    a("--dtype", default=defaults.dtype, choices=["float32", "bfloat16"], help="weights dtype")
+    a("--dtype", default=defaults.dtype, choices=["float32", "bfloat16"],
+      help="dtype of the frozen weights (trainable ones stay float32); bfloat16 is ~3x faster on AMX CPUs")
+    a("--threads", type=int, default=None,
+      help="torch threads per process (on a busy shared CPU, 1 avoids thread oversubscription)")
     a("--seed", type=int, default=defaults.seed)
     a("--save-every", type=int, default=0, help="checkpoint every N optimizer steps")
     a("--keep-checkpoints", type=int, default=defaults.keep_checkpoints)
@@ -36,7 +39,7 @@ def add_common(parser: argparse.ArgumentParser, defaults: TrainConfig) -> None:
 
 FIELDS = ("data", "image_root", "model", "out", "epochs", "max_steps", "limit", "batch_size", "grad_accum", "lr",
           "warmup_ratio", "weight_decay", "max_length", "group_by_length", "gradient_checkpointing", "bf16",
-          "dtype", "seed", "save_every", "keep_checkpoints", "resume", "cache_dir", "use_cache",
+          "dtype", "threads", "seed", "save_every", "keep_checkpoints", "resume", "cache_dir", "use_cache",
           "feature_batch_size")
 
 

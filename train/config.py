@@ -45,7 +45,8 @@ class TrainConfig:
     group_by_length: bool = True
     gradient_checkpointing: bool = False
     bf16: bool = False  # bf16 autocast (AMX on this CPU)
-    dtype: str = "float32"  # weights dtype when loading
+    dtype: str = "float32"  # frozen weights' dtype; trainable parameters are always kept in float32
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
     seed: int = 42
     save_every: int = 0  # checkpoint every N optimizer steps (0 = only at the end)
     keep_checkpoints: int = 2

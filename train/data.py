@@ -2,8 +2,8 @@
 
 Labels come from the processor's own chat template (the LLM's template behind vlm's multimodal prelude):
 the conversation is rendered once, and each assistant turn's character span is found by rendering the
-prefix before it (with the generation prompt) and the prefix through it. Tokens whose text starts inside a
-span are labelled; trailing whitespace-only tokens after the end-of-turn token are not. Nothing depends on
+prefix before it (with the generation prompt) and the prefix through it. Tokens whose text overlaps a
+span (or straddling its start, like a space-prefixed first word) are labelled; trailing whitespace-only tokens after the end-of-turn token are not. Nothing depends on
 the template's marker strings, so ChatML, Llama-3 or Vicuna templates all work.
 
 Bad records are skipped and counted by reason (``data_prep.records`` checks plus ``too_long`` and
@@ -106,7 +106,7 @@ def tokenize_conversation(processor, messages: list[dict], image_seq_length: int
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     labels = [IGNORE_INDEX] * len(ids)
     for start, end in spans:
-        inside = [t for t, (a, _) in enumerate(offsets) if start <= a < end]
+        inside = [t for t, (a, b) in enumerate(offsets) if a < end and b > start]  # overlaps the turn
         # drop trailing whitespace-only tokens (e.g. the newline after <|im_end|>): not part of the turn
         while inside and not tok.decode([ids[inside[-1]]]).strip():
             inside.pop()

@@ -68,7 +68,8 @@ def export_parts(model_dir, out, base_llm: str) -> Path:
 def torch_equal(a, b) -> bool:
     import torch
 
-    return torch.equal(a.float(), b.float())
+    # the parts are stored in bf16; a run whose frozen LLM was loaded in bf16 equals the base at that precision
+    return torch.equal(a.to(torch.bfloat16), b.to(torch.bfloat16))
 
 
 def run(args) -> int:

@@ -39,8 +39,9 @@ def tower_fingerprint(model, processor) -> str:
     prep = {k: getattr(ip, k, None) for k in ("size", "crop_size", "do_pad", "image_mean", "image_std",
                                                "do_resize", "do_center_crop", "do_normalize", "rescale_factor")}
     meta = {"config": tower.config.to_dict(), "layer": layer, "strategy": strategy, "prep": prep}
-    meta["config"].pop("_name_or_path", None)
-    meta["config"].pop("transformers_version", None)
+    for key in list(meta["config"]):  # bookkeeping, not architecture (the tensors' dtypes are hashed below)
+        if key.startswith("_") or key in ("dtype", "torch_dtype", "transformers_version", "architectures"):
+            del meta["config"][key]
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for name, t in sorted(tower.state_dict().items()):
         t = t.detach().cpu().contiguous()

@@ -46,6 +46,18 @@ class FeatureLlava(nn.Module):
         return out.loss
 
 
+def trainable_sha256(model) -> str:
+    """Hash of this rank's trainable weights (ranks of a data-parallel run must agree)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
@@ -108,6 +120,9 @@ def train(cfg: TrainConfig) -> dict:
     )
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     log = accelerator.print
+    threads_before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
     recipe = get_recipe(cfg.recipe)
     if main:
@@ -137,6 +152,9 @@ def train(cfg: TrainConfig) -> dict:
         f"features: {len(images)} images ({cache.hits} cached, {cache.computed} computed on rank {rank})")
 
     model = recipe.prepare(model, cfg)
+    for p in model.parameters():  # frozen weights may be bf16; what the optimizer updates stays fp32
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
     if cfg.gradient_checkpointing:
         llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -215,6 +233,9 @@ def train(cfg: TrainConfig) -> dict:
     state.elapsed += train_s
 
     accelerator.wait_for_everyone()
+    from accelerate.utils import gather_object
+
+    rank_hashes = gather_object([trainable_sha256(accelerator.unwrap_model(wrapper).model)])
     summary = {}
     if main:
         final_model = accelerator.unwrap_model(wrapper).model
@@ -235,6 +256,7 @@ def train(cfg: TrainConfig) -> dict:
             "peak_memory_mb": round(peak_memory_mb(), 1), "trainable_parameters": trainable,
             "world_size": world, "bf16": cfg.bf16, "gradient_checkpointing": cfg.gradient_checkpointing,
             "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
+            "trainable_sha256_by_rank": rank_hashes,
             "feature_cache": {"dir": str(cache.dir) if cache.enabled else None, "hits": cache.hits,
                               "computed_rank0": cache.computed},
         }
@@ -243,4 +265,5 @@ def train(cfg: TrainConfig) -> dict:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         log(json.dumps(summary))
     accelerator.wait_for_everyone()
+    torch.set_num_threads(threads_before)
     return summary

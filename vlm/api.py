@@ -63,6 +63,12 @@ class VLM:
         self.processor.save_pretrained(path)
         return path
 
+    def optimize(self, options=None, **levers) -> "VLM":
+        """Apply CPU inference levers in place (``vlm.optimize.InferenceOptions``; e.g. ``int8=True``)."""
+        from .optimize import InferenceOptions, apply
+
+        return apply(self, (options or InferenceOptions()).with_(**levers) if levers else options)
+
     # -- generation ---------------------------------------------------------------------------
     def _encode(self, conversations: list[list[dict]], opts: GenerationOptions):
         normed, images = zip(*(normalise(c, self.limits) for c in conversations))
@@ -105,7 +111,7 @@ class VLM:
 
     def ocr(self, source, pages=None) -> list:
         """OCR lines (text, box, score, page) of an image or PDF, in reading order."""
-        from .extract import ocr_document
+        from .documents import ocr_document
 
         return ocr_document(source, pages)
 

@@ -9,6 +9,7 @@ import importlib
 import sys
 
 COMMANDS: dict[str, str] = {
+    "bench": "bench.cli",
     "ask": "vlm.commands.ask",
     "info": "vlm.commands.info",
     "eval": "vlm.commands.eval",

@@ -51,10 +51,10 @@ class TowerPreset:
 
     image_size: int = 112
     patch_size: int = 16
-    hidden_size: int = 256
-    intermediate_size: int = 1024
+    hidden_size: int = 192  # 192 x 6 layers: ~1.7x the training throughput of 256 x 6 on the shared CPU
+    intermediate_size: int = 768
     num_hidden_layers: int = 6
-    num_attention_heads: int = 4
+    num_attention_heads: int = 3
 
     def to_config(self):
         from transformers import CLIPVisionConfig

@@ -99,17 +99,30 @@ def _open_pdf(source, limits: InputLimits):
         data, where = path.read_bytes(), f"PDF {path}"
     if not data:
         raise DocumentError(f"{where} is empty (zero bytes)")
+    # Load through the raw API first: pdfium's last-error code is only meaningful right after a failed
+    # load (it is not reset on success), and a document that loads with zero pages is no failure.
+    import ctypes
+
+    raw = pdfium.raw
+    buf = ctypes.create_string_buffer(data, len(data))
+    handle = raw.FPDF_LoadMemDocument64(buf, len(data), None)
+    if not handle:
+        code = raw.FPDF_GetLastError()
+        if code == raw.FPDF_ERR_PASSWORD:
+            raise DocumentError(f"{where} is encrypted (password protected); decrypt it first")
+        if code == raw.FPDF_ERR_SECURITY:
+            raise DocumentError(f"{where} uses an unsupported security handler")
+        raise DocumentError(f"{where} is not a readable PDF (corrupt or truncated)")
+    try:
+        pages = raw.FPDF_GetPageCount(handle)
+    finally:
+        raw.FPDF_CloseDocument(handle)
+    if pages < 1:
+        raise DocumentError(f"{where} has no pages")
     try:
         return pdfium.PdfDocument(data)
     except pdfium.PdfiumError as exc:
-        code = getattr(exc, "err_code", None)
-        if code == pdfium.raw.FPDF_ERR_PASSWORD:
-            raise DocumentError(f"{where} is encrypted (password protected); decrypt it first") from None
-        if code == pdfium.raw.FPDF_ERR_SECURITY:
-            raise DocumentError(f"{where} uses an unsupported security handler") from None
-        if code == pdfium.raw.FPDF_ERR_SUCCESS:
-            raise DocumentError(f"{where} has no pages") from None
-        raise DocumentError(f"{where} is not a readable PDF (corrupt or truncated)") from None
+        raise DocumentError(f"{where} is not a readable PDF: {exc}") from None
 
 
 def _render_scale(width_pt: float, height_pt: float, dpi: float, limits: InputLimits) -> float:
@@ -187,3 +200,15 @@ def page_images(source: ImageInput, pages=None, **kw) -> Iterator[Image.Image]:
     for page in iter_pages(source, pages, **kw):
         yield page.image
 
+
+
+def ocr_document(source: ImageInput, pages=None, *, dpi: float | None = None) -> list:
+    """OCR lines of every selected page, in page order then reading order (``line.page`` is 1-based)."""
+    from dataclasses import replace
+
+    from .ocr import run_ocr
+
+    out = []
+    for page in iter_pages(source, pages, **({} if dpi is None else {"dpi": dpi})):
+        out.extend(replace(line, page=page.number) for line in run_ocr(page.image))
+    return out

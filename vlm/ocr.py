@@ -18,7 +18,9 @@ from statistics import median
 
 from .images import ImageInput, load_image
 
-# Bump when the engine settings or the ordering change, so stale cache entries are not reused.
+# Bump when the engine settings change, so stale cache entries are not reused. The cache holds the engine's
+# lines; reading order is applied on every call (it is cheap and ignores the stored order), so ordering
+# changes need no bump. ("order2" in the name is historical: early entries were stored pre-sorted.)
 OCR_VERSION = "rapidocr3-ppocrv6-order2"
 _MEMORY_ENTRIES = 256
 
@@ -114,7 +116,7 @@ def run_ocr(image: ImageInput, *, cache: bool = True) -> list[OcrLine]:
         if key in _memory:
             _memory.move_to_end(key)
             _stats["memory_hits"] += 1
-            return [OcrLine(**asdict(line)) for line in _memory[key]]
+            return reading_order([OcrLine(**asdict(line)) for line in _memory[key]])
         path = _cache_path(key)
         if path.is_file():
             try:
@@ -124,12 +126,12 @@ def run_ocr(image: ImageInput, *, cache: bool = True) -> list[OcrLine]:
             if lines is not None:
                 _stats["disk_hits"] += 1
                 _remember(key, lines)
-                return lines
-    lines = reading_order(_raw_ocr(img))
+                return reading_order(lines)
+    lines = _raw_ocr(img)
     if cache:
         _remember(key, lines)
         _write_disk(key, lines)
-    return lines
+    return reading_order(lines)
 
 
 def _remember(key: str, lines: list[OcrLine]) -> None:
@@ -155,10 +157,11 @@ def _write_disk(key: str, lines: list[OcrLine]) -> None:
 # 1. Lines are grouped into rows: a line joins a row when it overlaps the row vertically by at least half
 #    of the smaller height. Rows are sorted top to bottom, lines in a row left to right.
 # 2. A run of consecutive rows that share an empty vertical band (a gutter at least one median line height
-#    wide that no line crosses) is a multi-column block when both sides hold at least two lines and the
-#    lines on both sides are text-like (median length >= 8 characters). Such a block is read column by
-#    column (left column top to bottom, then the right one; applied recursively for 3+ columns).
-#    Receipt rows like "TOTAL      9.00" have a gutter too, but their short right side keeps them as rows.
+#    wide that no line crosses), with the lines on each side starting at the same x (left-aligned text
+#    columns), is a multi-column block when both sides hold at least two lines and are text-like (median
+#    length >= 8 characters). Such a block is read column by column (left column top to bottom, then the
+#    right one; recursively for 3+ columns). Receipt rows like "TOTAL      9.00" have a gutter too, but
+#    their short, right-aligned amounts keep them as rows.
 
 _MIN_COLUMN_CHARS = 8
 _MIN_COLUMN_LINES = 2
@@ -209,28 +212,39 @@ def _is_text_column(lines: list[OcrLine]) -> bool:
 
 
 def _column_split(rows: list[list[OcrLine]], min_gap: float):
-    """Longest run of rows from rows[0] with a shared gutter that splits into two text columns."""
+    """A run of rows from rows[0] that reads as two text columns: ``(n_rows, left, right)`` or None.
+
+    The run shares a gutter (an empty vertical band at least ``min_gap`` wide), and on each side the lines
+    start at the same x as on the first row (text columns are left-aligned; tolerance 1.5 line heights).
+    """
+    if len(rows) < 2 or len(rows[0]) < 2:
+        return None
     lo = min(ln.box[0] for row in rows for ln in row)
     hi = max(ln.box[2] for row in rows for ln in row)
-    if len(rows[0]) < 2:
-        return None
-    gutters = [g for g in _free_bands(rows[0], lo, hi) if g[0] > lo and g[1] < hi and g[1] - g[0] >= min_gap]
-    best = None
-    end = 0
-    for j, row in enumerate(rows):
-        nxt = _intersect(gutters, _free_bands(row, lo, hi), min_gap) if j else gutters
-        if not nxt:
-            break
-        gutters, end = nxt, j + 1
-        if end >= 2:
-            for g0, g1 in gutters:
-                block = [ln for r in rows[:end] for ln in r]
-                left = [ln for ln in block if ln.box[2] <= g0 + 1e-6]
-                right = [ln for ln in block if ln.box[0] >= g1 - 1e-6]
-                if _is_text_column(left) and _is_text_column(right):
-                    best = (end, left, right)
-                    break
-    return best
+    tol = 1.5 * min_gap
+    first = rows[0]
+    candidates = [g for g in _free_bands(first, lo, hi) if g[0] > lo and g[1] < hi and g[1] - g[0] >= min_gap]
+    for g0, g1 in sorted(candidates, key=lambda g: g[0] - g[1]):
+        lx = min(ln.box[0] for ln in first if ln.box[2] <= g0)
+        rx = min(ln.box[0] for ln in first if ln.box[0] >= g1)
+        gutter, end = [(g0, g1)], 1
+        for row in rows[1:]:
+            nxt = _intersect(gutter, _free_bands(row, lo, hi), min_gap)
+            if not nxt:
+                break
+            left = [ln for ln in row if ln.box[2] <= nxt[0][0]]
+            right = [ln for ln in row if ln.box[0] >= nxt[0][1]]
+            if left and abs(left[0].box[0] - lx) > tol or right and abs(right[0].box[0] - rx) > tol:
+                break
+            gutter, end = nxt[:1], end + 1
+        if end < 2:
+            continue
+        block = [ln for r in rows[:end] for ln in r]
+        left = [ln for ln in block if ln.box[2] <= gutter[0][0] + 1e-6]
+        right = [ln for ln in block if ln.box[0] >= gutter[0][1] - 1e-6]
+        if _is_text_column(left) and _is_text_column(right):
+            return end, left, right
+    return None
 
 
 def _order(lines: list[OcrLine]) -> list[OcrLine]:

@@ -2,7 +2,8 @@
 
 ``apply(vlm, InferenceOptions(...))`` changes the model in place and returns it. Every lever is measured
 by ``vlm bench`` against stock ``LlavaForConditionalGeneration.generate`` in float32 (see bench/README.md);
-:data:`RECOMMENDED` holds the levers the measurements back.
+:data:`DEFAULT` holds the output-preserving levers, :data:`FAST` the fastest measured path.
+``VLM.optimize(...)`` is the API entry point.
 
 Levers
 - ``dtype``: ``"bfloat16"`` runs everything in bf16 (AMX matmuls: faster prefill, outputs drift).
@@ -75,8 +76,10 @@ class InferenceOptions:
         return replace(self, **changes)
 
 
-# Levers backed by the measurements in bench/README.md (int8 decode ~2.5x, TTFT ~1.5-2x; vision reuse free).
-RECOMMENDED = InferenceOptions(int8=True, reuse_vision=True)
+# Output-preserving levers (greedy answers identical to stock float32 transformers).
+DEFAULT = InferenceOptions(reuse_vision=True)
+# The fastest measured path on this CPU (bench/README.md); int8 changes answers, see the agreement column.
+FAST = InferenceOptions(int8=True, reuse_vision=True)
 
 
 def apply(vlm, options: InferenceOptions | None = None):
@@ -97,7 +100,7 @@ def apply(vlm, options: InferenceOptions | None = None):
     if options.image_pool:
         pool_image_tokens(vlm, options.image_pool)
     if options.reuse_vision:
-        VisionFeatureCache(options.vision_cache_size).attach(model)
+        model._vlm_vision_cache = VisionFeatureCache(model.model, options.vision_cache_size)
     model._vlm_inference_options = options
     return vlm
 
@@ -110,13 +113,18 @@ def quantise_llm_int8(model) -> None:
     """
     if model.dtype != torch.float32:
         raise ValueError(f"int8 dynamic quantisation needs a float32 model, this one is {model.dtype}")
-    from torch.ao.quantization import quantize_dynamic
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic  # deprecated in favour of torchao, still in torch 2.13
 
     inner = model.model
-    inner.language_model = quantize_dynamic(inner.language_model, {nn.Linear}, dtype=torch.qint8)
     holder = nn.Module()
     holder.lm_head = model.lm_head
-    model.lm_head = quantize_dynamic(holder, {nn.Linear}, dtype=torch.qint8).lm_head
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        inner.language_model = quantize_dynamic(inner.language_model, {nn.Linear}, dtype=torch.qint8)
+        model.lm_head = quantize_dynamic(holder, {nn.Linear}, dtype=torch.qint8).lm_head
     # generate() must not re-tie the (now quantised) head to the embedding table.
     model.config.tie_word_embeddings = False
     model.config.text_config.tie_word_embeddings = False
@@ -136,53 +144,60 @@ def enable_static_compile(model) -> None:
     model.generation_config.compile_config = config
 
 
-class VisionFeatureCache:
+class _FeatureHook:
+    """Replaces ``LlavaModel.get_image_features`` on one model instance (an object, not a closure, so
+    ``copy.deepcopy`` of the model yields a hook bound to the copy)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.previous = inner.__dict__.get("get_image_features")  # an earlier hook, or None: the class method
+        inner.get_image_features = self
+
+    def call_previous(self, **kwargs):
+        if self.previous is not None:
+            return self.previous(**kwargs)
+        return type(self.inner).get_image_features(self.inner, **kwargs)
+
+
+class VisionFeatureCache(_FeatureHook):
     """LRU of projected image features keyed by a hash of each image's pixels.
 
-    Wraps ``LlavaModel.get_image_features`` on one model instance: images already seen (same pixels, same
-    feature layer/strategy) skip the vision tower and projector; new ones in a batch are encoded together.
+    Images already seen (same pixels, same feature layer/strategy) skip the vision tower and projector; the
+    new ones of a batch are encoded together. Bypassed while gradients are enabled (training).
     """
 
-    def __init__(self, capacity: int = 64):
+    def __init__(self, inner, capacity: int = 64):
+        super().__init__(inner)
         self.capacity = capacity
         self.entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    def attach(self, model) -> "VisionFeatureCache":
-        inner = model.model
-        original = inner.get_image_features
+    def __call__(self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None,
+                 image_sizes=None, **kwargs):
+        select = dict(vision_feature_layer=vision_feature_layer,
+                      vision_feature_select_strategy=vision_feature_select_strategy)
+        if image_sizes is not None or torch.is_grad_enabled():
+            return self.call_previous(pixel_values=pixel_values, image_sizes=image_sizes, **select, **kwargs)
+        salt = (str(vision_feature_layer), str(vision_feature_select_strategy))
+        keys = [self._key(img, salt) for img in pixel_values]
+        missing = [i for i, k in enumerate(keys) if k not in self.entries]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        result = None
+        if missing:
+            result = self.call_previous(pixel_values=pixel_values[missing], **select, **kwargs)
+            for i, feats in zip(missing, result.pooler_output):
+                self._put(keys[i], feats)
+        features = [self.entries[k] for k in keys]
+        for k in keys:
+            self.entries.move_to_end(k)
+        if result is None:
+            from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        def get_image_features(pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None,
-                               image_sizes=None, **kwargs):
-            if image_sizes is not None or torch.is_grad_enabled():  # training, or variable-size images: no cache
-                return original(pixel_values=pixel_values, vision_feature_layer=vision_feature_layer,
-                                vision_feature_select_strategy=vision_feature_select_strategy,
-                                image_sizes=image_sizes, **kwargs)
-            salt = (str(vision_feature_layer), str(vision_feature_select_strategy))
-            keys = [self._key(img, salt) for img in pixel_values]
-            missing = [i for i, k in enumerate(keys) if k not in self.entries]
-            self.hits += len(keys) - len(missing)
-            self.misses += len(missing)
-            result = None
-            if missing:
-                result = original(pixel_values=pixel_values[missing], vision_feature_layer=vision_feature_layer,
-                                  vision_feature_select_strategy=vision_feature_select_strategy, **kwargs)
-                for i, feats in zip(missing, result.pooler_output):
-                    self._put(keys[i], feats)
-            features = [self.entries[k] for k in keys]
-            for k in keys:
-                self.entries.move_to_end(k)
-            if result is None:
-                from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-                result = BaseModelOutputWithPooling()
-            result.pooler_output = features
-            return result
-
-        inner.get_image_features = get_image_features
-        model._vlm_vision_cache = self
-        return self
+            result = BaseModelOutputWithPooling()
+        result.pooler_output = features
+        return result
 
     @staticmethod
     def _key(image: torch.Tensor, salt: tuple) -> tuple:
@@ -195,6 +210,26 @@ class VisionFeatureCache:
         self.entries.move_to_end(key)
         while len(self.entries) > self.capacity:
             self.entries.popitem(last=False)
+
+
+class ImageTokenPool(_FeatureHook):
+    """Average-pools each image's square grid of projected features to ``side x side`` tokens."""
+
+    def __init__(self, inner, grid: int, side: int):
+        super().__init__(inner)
+        self.grid, self.side = grid, side
+
+    def __call__(self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None, **kwargs):
+        out = self.call_previous(pixel_values=pixel_values, vision_feature_layer=vision_feature_layer,
+                                 vision_feature_select_strategy=vision_feature_select_strategy, **kwargs)
+        g, s = self.grid, self.side
+        pooled = []
+        for feats in out.pooler_output:  # (grid*grid, hidden)
+            grid = feats.transpose(0, 1).reshape(1, -1, g, g)
+            p = nn.functional.adaptive_avg_pool2d(grid.float(), s).to(feats.dtype)
+            pooled.append(p.reshape(feats.shape[-1], s * s).transpose(0, 1))
+        out.pooler_output = pooled
+        return out
 
 
 def pool_image_tokens(vlm, side: int) -> None:
@@ -210,21 +245,7 @@ def pool_image_tokens(vlm, side: int) -> None:
         raise ValueError(f"image_pool must be between 1 and {grid - 1} for a {grid}x{grid} token grid, got {side}")
     if vc.image_size % side:
         raise ValueError(f"image_pool={side} must divide the image size {vc.image_size}")
-    inner = model.model
-    original = inner.get_image_features
-
-    def get_image_features(pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None, **kwargs):
-        out = original(pixel_values=pixel_values, vision_feature_layer=vision_feature_layer,
-                       vision_feature_select_strategy=vision_feature_select_strategy, **kwargs)
-        pooled = []
-        for feats in out.pooler_output:  # (grid*grid, hidden)
-            g = feats.transpose(0, 1).reshape(1, -1, grid, grid)
-            p = nn.functional.adaptive_avg_pool2d(g.float(), side).to(feats.dtype)
-            pooled.append(p.reshape(feats.shape[-1], side * side).transpose(0, 1))
-        out.pooler_output = pooled
-        return out
-
-    inner.get_image_features = get_image_features
+    ImageTokenPool(model.model, grid, side)
     processor.patch_size = vc.image_size // side
     model.config.image_seq_length = side * side
 

@@ -21,7 +21,7 @@ def bnb_config():
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
-        llm_int8_skip_modules=["model.vision_tower", "model.multi_modal_projector", "lm_head"],  # module prefixes,
+        llm_int8_skip_modules=["model.vision_tower", "model.multi_modal_projector", "lm_head"],  # module-name prefixes
     )
 
 

@@ -23,7 +23,7 @@ SYSTEMS = {
 
 def _common(p: argparse.ArgumentParser, task: str) -> None:
     p.add_argument("--data", required=True, help="JSONL data file (image paths relative to its folder)")
-    p.add_argument("--out", default=None, help=f"output folder (default: eval-results/{task}-<data file name>)")
+    p.add_argument("--out", default=None, help=f"output folder (default: runs/eval/{task}-<data file name>)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N records only")
     p.add_argument("--fresh", action="store_true", help="discard earlier predictions in --out and start over")
     p.add_argument("--batch-size", type=int, default=8)
@@ -79,7 +79,7 @@ def _systems(args) -> list[str]:
 
 
 def _out(args) -> Path:
-    return Path(args.out) if args.out else Path("eval-results") / f"{args.task}-{Path(args.data).stem}"
+    return Path(args.out) if args.out else Path("runs") / "eval" / f"{args.task}-{Path(args.data).stem}"
 
 
 def _gen(args) -> dict:

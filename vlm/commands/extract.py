@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from .common import add_model_arguments, load_model
 
@@ -27,7 +28,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from vlm.extract.schema import SchemaError, load_schema_file
+    from vlm.extract.schema import SchemaError, load_schema_file, resolve_schema
 
     if args.fields is None and args.schema is None and args.template is None:
         raise SchemaError("say what to extract: --fields a,b,c, --schema schema.json or --template NAME")
@@ -37,6 +38,9 @@ def run(args) -> int:
         if not fields:
             raise SchemaError("the field list is empty: name at least one field, e.g. --fields company,total")
     schema = load_schema_file(args.schema) if args.schema is not None else None
+    resolve_schema(fields, schema, args.template)  # a bad schema fails before the model loads
+    if not args.file.startswith("data:") and not Path(args.file).is_file():
+        raise FileNotFoundError(f"file not found: {args.file}")
     model = load_model(args)
     result = model.extract(
         args.file, fields=fields, schema=schema, pages=args.pages, template=args.template,

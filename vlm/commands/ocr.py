@@ -15,11 +15,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from vlm.extract import format_ocr, ocr_document
+    from vlm.documents import ocr_document
+    from vlm.extract.prompts import format_ocr
 
     lines = ocr_document(args.file, args.pages, dpi=args.dpi)
     if args.text:
         print(format_ocr(lines))
     else:
-        print(json.dumps([line.to_dict() for line in lines], ensure_ascii=False, indent=1))
+        rows = [json.dumps(line.to_dict(), ensure_ascii=False) for line in lines]
+        print("[\n  " + ",\n  ".join(rows) + "\n]" if rows else "[]")
     return 0

@@ -1,6 +1,8 @@
 """``vlm serve``: the chat UI and the OpenAI-compatible API on one port, sharing one model."""
 from __future__ import annotations
 
+import os
+
 from .common import add_model_arguments
 
 HELP = "serve a browser chat UI and an OpenAI-compatible API (binds 127.0.0.1 by default)"
@@ -11,7 +13,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--model-id", default=None, help="model name clients send (default: the model folder name)")
-    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on the API")
+    parser.add_argument("--api-key", default=os.environ.get("VLM_API_KEY"),
+                        help="require 'Authorization: Bearer KEY' on the API (default: $VLM_API_KEY if set)")
     parser.add_argument("--concurrency", type=int, default=1, help="generations running at once (default 1)")
     parser.add_argument("--queue-size", type=int, default=8, help="requests waiting beyond those running; "
                         "more get HTTP 429 (default 8)")
@@ -34,6 +37,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--moderation-threshold", type=float, default=0.8,
                         help="open_nsfw score at or above which an image is refused (default 0.8)")
     parser.add_argument("--no-ui", action="store_true", help="API only")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
 def config_from_args(args):
@@ -59,10 +63,27 @@ def config_from_args(args):
         remote_images=RemoteImagePolicy(enabled=args.allow_remote_images, max_bytes=args.remote_image_max_bytes,
                                         timeout_s=args.remote_image_timeout),
         moderation=not args.no_moderation, moderation_threshold=args.moderation_threshold, ui=not args.no_ui,
+        threads=args.threads,
     )
 
 
 def run(args) -> int:
     from serve.app import serve
 
-    return serve(config_from_args(args))
+    code = serve(config_from_args(args))
+    _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> None:
+    """Finalising an interpreter that holds torch, gradio and a model takes seconds (8+ s measured on a
+    loaded 2-core box) after the server has already stopped cleanly. Run the atexit handlers (logging,
+    gradio's temp files), flush, and leave, so SIGTERM ends the process promptly."""
+    import atexit
+    import os
+    import sys
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

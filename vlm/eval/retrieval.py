@@ -27,8 +27,8 @@ def recall_at_k(sim: torch.Tensor, text_image: Sequence[int] | torch.Tensor,
 
     ``text_image[j]`` is the index of the image caption ``j`` describes. Image-to-text (``i2t``): an image
     is a hit when any of its captions ranks in its top K texts. Text-to-image (``t2i``): a caption is a hit
-    when its image ranks in its top K images. Ties count against the query (strictly-greater rule is
-    replaced by "greater or equal", so a constant matrix scores chance, not 100%). Values are fractions.
+    when its image ranks in its top K images. Ties count against the query (a constant matrix scores 0 at
+    K=1, not 100%). Values are fractions.
     """
     sim = torch.as_tensor(sim, dtype=torch.float32)
     labels = torch.as_tensor(text_image, dtype=torch.long)
@@ -45,18 +45,11 @@ def recall_at_k(sim: torch.Tensor, text_image: Sequence[int] | torch.Tensor,
     # t2i: rank of the true image for each text = number of images scoring >= it, minus itself.
     true_t2i = sim[labels, torch.arange(n_txt)]  # (n_txt,)
     rank_t2i = (sim >= true_t2i.unsqueeze(0)).sum(0) - 1  # 0 = best
-    # i2t: best rank among an image's captions.
+    # i2t: negatives scoring at or above the image's best-scoring caption (other positives don't count).
     positive = torch.zeros(n_img, n_txt, dtype=torch.bool)
     positive[labels, torch.arange(n_txt)] = True
-    rank_i2t = torch.full((n_img,), n_txt, dtype=torch.long)
-    for i in range(n_img):
-        row = sim[i]
-        pos_scores = row[positive[i]]
-        if pos_scores.numel():
-            rank_i2t[i] = ((row.unsqueeze(0) >= pos_scores.unsqueeze(1)).sum(1) - 1).min()
-            # others ranked at/above the best positive, not counting the other positives
-            best = pos_scores.max()
-            rank_i2t[i] = int(((row >= best) & ~positive[i]).sum())
+    best_pos = sim.masked_fill(~positive, -math.inf).amax(1, keepdim=True) if n_txt else torch.zeros(n_img, 1)
+    rank_i2t = (sim.masked_fill(positive, -math.inf) >= best_pos).sum(1)
     has_caption = positive.any(1)
     out: dict[str, float] = {}
     for k in ks:

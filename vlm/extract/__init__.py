@@ -4,8 +4,20 @@
 - ``schema``: fields list / JSON Schema / pydantic model -> internal schema, typing rules, validation;
 - ``constrained``: JSON-constrained decoding (state machine + logits processor);
 - ``extract``: the pipeline, ``extract(vlm, source, fields=... | schema=... | template=...)``.
+
+``extract`` is imported lazily so that ``prompts`` (used by data preparation) loads without torch.
 """
-from .extract import extract, ocr_document
+from ..documents import ocr_document
 from .prompts import TEMPLATES, fields_answer, fields_prompt, format_ocr
 
 __all__ = ["TEMPLATES", "extract", "fields_answer", "fields_prompt", "format_ocr", "ocr_document"]
+
+
+def __getattr__(name: str):
+    if name == "extract":
+        import importlib
+
+        function = importlib.import_module(".extract", __name__).extract
+        globals()["extract"] = function  # importing the submodule bound the module to this name: rebind it
+        return function
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

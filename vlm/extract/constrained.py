@@ -12,12 +12,13 @@ what ``prompts.fields_answer`` trains on):
 ``V`` is ``null`` or a string. A string value is either one of a closed set of choices (enum / boolean) or
 free text that, when ``corpus`` is given, must be a substring of the corpus after whitespace collapsing and
 lower-casing (grounding). Values are normalised as they are written: no leading/trailing or double spaces,
-no control characters or other whitespace; escapes ``\\"``, ``\\\\`` and ``\\/`` only. Every state the machine
+no control characters or other whitespace; escapes ``\\"`` and ``\\\\`` only. Every state the machine
 can reach can still be completed, so decoding never dead-ends; if ``max_new_tokens`` runs out first,
 :meth:`JsonObjectMachine.values` treats the unfinished value and the missing fields as ``null``.
 
 The processor checks the ``top_k`` best tokens first (greedy decoding is exact: the best allowed token is
-chosen); only when none of them is allowed does it scan the whole vocabulary (indexed by first character).
+chosen); only when none of them is allowed does it walk a character trie of the vocabulary, pruning at the first
+rejected character.
 With sampling, it samples among the allowed tokens of the top ``top_k``.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor
 
-_ESCAPES = {'"': '"', "\\": "\\", "/": "/"}
+_ESCAPES = {'"': '"', "\\": "\\"}  # the only escapes json.dumps writes for printable text
 MAX_KEY_LENGTH = 40
 
 
@@ -244,10 +245,17 @@ class TokenTexts:
                 continue
             piece = text[len(head):]
             self.texts.append(piece if piece and "\ufffd" not in piece else None)
-        self.by_first: dict[str, list[int]] = {}
+        # A character trie of the token texts: node = (children by char, ids of tokens ending here).
+        self.trie: tuple[dict, list[int]] = ({}, [])
         for i, piece in enumerate(self.texts):
             if piece:
-                self.by_first.setdefault(piece[0], []).append(i)
+                node = self.trie
+                for ch in piece:
+                    nxt = node[0].get(ch)
+                    if nxt is None:
+                        nxt = node[0][ch] = ({}, [])
+                    node = nxt
+                node[1].append(i)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -323,12 +331,20 @@ class JsonLogitsProcessor(LogitsProcessor):
         return text is not None and self.machine.feed(state, text) is not None
 
     def _scan(self, state: tuple) -> list[int]:
+        """Every allowed token: a walk of the token trie that prunes at the first rejected character."""
         self.full_scans += 1
-        allowed = []
-        for ch, ids in self.tokens.by_first.items():
-            if self.machine.step(state, ch) is None:
-                continue
-            allowed.extend(t for t in ids if self._accepts(state, t))
+        allowed: list[int] = []
+        stack = [(self.tokens.trie, state)]
+        step = self.machine.step
+        while stack:
+            node, st = stack.pop()
+            for ch, child in node[0].items():
+                nxt = step(st, ch)
+                if nxt is None:
+                    continue
+                allowed.extend(child[1])
+                if child[0]:
+                    stack.append((child, nxt))
         return allowed
 
     def allowed(self, state: tuple, row_scores: torch.Tensor) -> list[int]:

@@ -131,9 +131,9 @@ def extract(vlm, source, fields=None, schema=None, pages=None, template: str | T
     if isinstance(template, str):
         template = get_template(template)
     doc = resolve_schema(fields, schema, template)
-    if "max_new_tokens" not in gen or gen["max_new_tokens"] is None:
-        if options is None:
-            gen["max_new_tokens"] = default_max_new_tokens(doc)
+    if gen.get("max_new_tokens") is None and options is None:
+        # never more than half the context, so small-context models still have room for the OCR text
+        gen["max_new_tokens"] = min(default_max_new_tokens(doc), generation.context_length(vlm.model) // 2)
     opts = GenerationOptions.from_kwargs(options, **gen)
     page_kw = {} if dpi is None else {"dpi": dpi}
     results: list[tuple[int, dict]] = []
@@ -151,11 +151,3 @@ def extract(vlm, source, fields=None, schema=None, pages=None, template: str | T
         return [{"page": n, "fields": validate(doc, values)} for n, values in results]
     return validate(doc, merged)
 
-
-def ocr_document(source, pages=None, *, dpi: float | None = None) -> list[OcrLine]:
-    """OCR lines of every selected page, in page order then reading order (``line.page`` is 1-based)."""
-    page_kw = {} if dpi is None else {"dpi": dpi}
-    out: list[OcrLine] = []
-    for page in iter_pages(source, pages, **page_kw):
-        out.extend(replace(line, page=page.number) for line in run_ocr(page.image))
-    return out

@@ -211,7 +211,7 @@ _HEADING = re.compile(
     re.I,
 )
 _REG_ROW = re.compile(
-    r"^\W*((CO[\.\-\s]*)?(REG|ROC|BRN?|COMPANY)\b.*|\(?[A-Z]{0,3}\s*\d[\d\s]{4,}\s*-?\s*[A-Z]\)?|\(?\d{5,}[\-\s]?[A-Z]?\)?)\W*$",
+    r"^\W*((CO[\.\-\s]*)?(REG|ROC|BRN?|COMPANY)\b.*|\(?[A-Z]{0,3}\s*\d[\d\s]{5,}\s*(-?\s*[A-Z])?\)?|\(?\d{6,}[\-\s]?[A-Z]?\)?)\W*$",
     re.I,
 )
 _REG_TAIL = re.compile(r"\s*[\(\[]?\s*(CO\.?\s*)?(REG\.?\s*(NO\.?)?|ROC|NO\.?)?\s*:?\s*[A-Z]{0,3}\d{4,}[\-\s]?[A-Z]?\s*[\)\]]?\s*$", re.I)
@@ -221,6 +221,7 @@ _ADDRESS_STOP = re.compile(
     re.I,
 )
 _ALPHA = re.compile(r"[A-Za-z]")
+_REG_LABEL = re.compile(r"\bREG|\bGST\s*(ID|NO)|\bROC\b|\bBRN?\b|COMPANY\s*NO", re.I)
 
 
 def _is_texty(row: str) -> bool:
@@ -271,20 +272,24 @@ def extract_company_address(rows: Sequence[str]) -> tuple[str | None, str | None
         return None, None
     start, end = span
     company = _clean_company(" ".join(rows[start:end + 1]))
-    parts = []
+    parts: list[str] = []
+    postcode_seen = False
     for row in rows[end + 1:end + 8]:
         if _REG_ROW.match(row) or (find_dates(row) and len(re.sub(r"[\d\s:/\-.APM]", "", row.upper())) <= 4):
             if parts:
                 break
             continue
         if _ADDRESS_STOP.search(row):
+            if not parts and _REG_LABEL.search(row):
+                continue  # "GST REG NO: ..." / "CO. REG. NO.: ..." between the name and the address
             break
         if _COMPANY_END.search(row) and re.search(r"SDN|BHD", row, re.I) and not parts:
             continue  # a second company name (e.g. the operator of a franchise)
+        if postcode_seen and (re.search(r"\d", row) or len(row.split()) > 3):
+            break  # after the postcode row only a state/country row may follow
         parts.append(row)
-        if re.search(r"\b\d{5}\b", row) and re.search(r"[A-Z]{4,}\.?\s*$", row.upper()) and len(parts) >= 2:
-            # postcode + town/state ends most addresses; keep one more row only if it names a state
-            continue
+        if re.search(r"(?<!\d)\d{5}(?!\d)", row):
+            postcode_seen = True
     address = normalise_whitespace(" ".join(parts)).upper() or None
     return company, address
 

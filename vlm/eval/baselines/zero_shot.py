@@ -2,8 +2,10 @@
 
 The prompt is the one the vlm model is trained on for receipts (:func:`vlm.extract.prompts.fields_prompt`
 over :func:`vlm.extract.prompts.format_ocr`), so the comparison isolates what training and the image add.
-Decoding is greedy. The answer is read with :func:`parse_fields`: the first JSON object in the reply,
-else ``"field": "value"`` pairs found anywhere in it; fields it lacks are null (no prediction).
+Decoding is greedy, and the assistant turn is primed with the opening of the JSON object
+(``{"company": "``) so that the reply continues in the asked format; no example is shown (zero-shot). The
+answer (priming + reply, cut after the first ``}``) is read with :func:`parse_fields`: the first JSON
+object, else ``"field": "value"`` pairs found anywhere in it; fields it lacks are null (no prediction).
 """
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ def parse_fields(reply: str, fields: Sequence[str] = FIELDS) -> dict:
 class ZeroShotExtractor:
     """The base LLM (transformers, greedy) answering the receipt prompt over our own OCR text."""
 
-    def __init__(self, llm: str = DEFAULT_LLM, fields: Sequence[str] = FIELDS, max_new_tokens: int = 160,
+    def __init__(self, llm: str = DEFAULT_LLM, fields: Sequence[str] = FIELDS, max_new_tokens: int = 128,
                  ocr=None, dtype=None):
         import torch
 
@@ -84,7 +86,12 @@ class ZeroShotExtractor:
 
         user = fields_prompt(self.fields, format_ocr(self.ocr(image)))
         return self.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                                  add_generation_prompt=True)
+                                                  add_generation_prompt=True) + self.priming
+
+    @property
+    def priming(self) -> str:
+        return '{"' + self.fields[0] + '": "'
+
 
     def replies(self, images: Sequence) -> list[str]:
         import torch
@@ -94,8 +101,10 @@ class ZeroShotExtractor:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         with torch.inference_mode():
             out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                      temperature=None, top_p=None, top_k=None, pad_token_id=pad)
-        return self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                                      temperature=None, top_p=None, top_k=None, pad_token_id=pad,
+                                      stop_strings=["}"], tokenizer=self.tokenizer)
+        texts = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        return [self.priming + t.split("}")[0] + "}" for t in texts]
 
     def __call__(self, batch) -> list[dict]:
         replies = self.replies([rec.image for rec in batch])

@@ -1,0 +1,76 @@
+"""recall@K on hand-made similarity matrices with known answers."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vlm.eval.retrieval import chance_recall, recall_at_k
+
+
+def test_perfect_and_reversed_rankings():
+    # 3 images, 2 captions each; caption j belongs to image j // 2
+    owner = [0, 0, 1, 1, 2, 2]
+    perfect = torch.full((3, 6), -1.0)
+    for j, i in enumerate(owner):
+        perfect[i, j] = 1.0
+    r = recall_at_k(perfect, owner, ks=(1, 2))
+    assert r == {"i2t_r1": 1.0, "t2i_r1": 1.0, "i2t_r2": 1.0, "t2i_r2": 1.0}
+    r = recall_at_k(-perfect, owner, ks=(1, 2, 3))
+    assert r["t2i_r1"] == 0.0 and r["t2i_r2"] == 0.0 and r["t2i_r3"] == 1.0
+    # every image's captions rank last: 4 negatives ahead of them
+    assert r["i2t_r1"] == 0.0 and r["i2t_r2"] == 0.0 and r["i2t_r3"] == 0.0
+
+
+def test_known_partial_ranks():
+    owner = [0, 1, 2]
+    sim = torch.tensor([
+        [0.9, 0.1, 0.5],  # image 0: its caption (0) first
+        [0.2, 0.3, 0.8],  # image 1: its caption (1) second (behind caption 2)
+        [0.95, 0.85, 0.7],  # image 2: its caption (2) third
+    ])
+    r = recall_at_k(sim, owner, ks=(1, 2, 3))
+    assert r["i2t_r1"] == pytest.approx(1 / 3)
+    assert r["i2t_r2"] == pytest.approx(2 / 3)
+    assert r["i2t_r3"] == 1.0
+    # text 0: column [0.9, 0.2, 0.95] -> image 0 is 2nd; text 1: [0.1, 0.3, 0.85] -> 2nd;
+    # text 2: [0.5, 0.8, 0.7] -> image 2 is 2nd
+    assert r["t2i_r1"] == 0.0
+    assert r["t2i_r2"] == 1.0
+
+
+def test_other_positive_does_not_count_as_negative():
+    # image 0 has captions 0 and 1; caption 1 scores highest, caption 0 second: still rank 0 for i2t
+    owner = [0, 0, 1]
+    sim = torch.tensor([[0.8, 0.9, 0.1], [0.1, 0.2, 0.9]])
+    r = recall_at_k(sim, owner, ks=(1,))
+    assert r["i2t_r1"] == 1.0
+
+
+def test_ties_count_against_the_query():
+    owner = [0, 1, 2, 3]
+    r = recall_at_k(torch.zeros(4, 4), owner, ks=(1, 4))
+    assert r["t2i_r1"] == 0.0 and r["i2t_r1"] == 0.0
+    assert r["t2i_r4"] == 1.0 and r["i2t_r4"] == 1.0
+
+
+def test_random_matrix_is_near_chance():
+    g = torch.Generator().manual_seed(0)
+    n, c = 400, 5
+    owner = torch.arange(n).repeat_interleave(c)
+    r = recall_at_k(torch.randn(n, n * c, generator=g), owner, ks=(10,))
+    ch = chance_recall(n, c, ks=(10,))
+    assert ch["t2i_r10"] == pytest.approx(10 / n)
+    assert ch["i2t_r10"] == pytest.approx(1 - math.comb(n * c - c, 10) / math.comb(n * c, 10))
+    assert abs(r["t2i_r10"] - ch["t2i_r10"]) < 0.015
+    assert abs(r["i2t_r10"] - ch["i2t_r10"]) < 0.06
+
+
+def test_bad_shapes_raise_clear_errors():
+    with pytest.raises(ValueError, match="2-D"):
+        recall_at_k(torch.zeros(3), [0, 1, 2])
+    with pytest.raises(ValueError, match="one entry per text"):
+        recall_at_k(torch.zeros(2, 3), [0, 1])
+    with pytest.raises(ValueError, match="image indices"):
+        recall_at_k(torch.zeros(2, 2), [0, 5])

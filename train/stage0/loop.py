@@ -1,0 +1,253 @@
+"""The stage-0 training loop: distil the teacher and align to the locked caption states, select on dev."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import resource
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from vlm.eval.retrieval import RetrievalSpec, chance_recall, recall_at_k
+
+from . import data as D
+from .config import Stage0Config
+from .export import export_tower
+from .losses import cosine_distill, info_nce, standardize
+from .model import Student, match_grid
+from .probe import per_image_targets, ridge_apply, ridge_fit
+from .teacher import OpenNSFWTeacher, cached_teacher_features, teacher_features
+from .text_targets import load_text_llm, text_states
+
+MEAN, STD = list(OPENAI_CLIP_MEAN), list(OPENAI_CLIP_STD)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Logger:
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.t0 = time.time()
+
+    def __call__(self, msg: str, **metrics) -> None:
+        stamp = f"[{time.time() - self.t0:7.1f}s]"
+        print(stamp, msg, flush=True)
+        if self.path is not None and metrics:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"elapsed_s": round(time.time() - self.t0, 1), **metrics}) + "\n")
+
+
+def lr_at(progress: float, cfg: Stage0Config, step: int) -> float:
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    return cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def prepare_data(cfg: Stage0Config, log: Logger) -> dict:
+    """Pixels, teacher features (cached), text states (cached) for train and dev."""
+    out = {}
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else None
+    text_llm = None
+    for split, limit in (("train", cfg.train_limit), ("dev", cfg.dev_limit)):
+        s = D.load_split(cfg.data_dir, split, limit)
+        t = time.time()
+        pixels = D.load_pixels(s.images)
+        log(f"{split}: {len(s)} images decoded in {time.time() - t:.1f}s")
+        texts, owner = s.flat_captions()
+        key = f"flickr8k_{split}_{len(s)}_{Path(s.images[-1]).stem}"
+        factory = lambda: OpenNSFWTeacher(dtype=torch.bfloat16)  # noqa: E731
+        t = time.time()
+        if cache is not None:
+            spatial, pooled = cached_teacher_features(
+                factory, pixels, cache / f"teacher_{key}_opennsfw_bf16.safetensors", log=log)
+        else:
+            spatial, pooled = teacher_features(factory(), pixels, log=log)
+        log(f"{split}: teacher features {tuple(spatial.shape)} in {time.time() - t:.1f}s")
+        t = time.time()
+        states = None
+        if cache is not None:
+            states = text_states(texts, cfg.llm, cfg.text_layer, cache) if _cached(texts, cfg, cache) else None
+        if states is None:
+            if text_llm is None:
+                text_llm = load_text_llm(cfg.llm)
+            states = text_states(texts, cfg.llm, cfg.text_layer, cache, llm=text_llm)
+        log(f"{split}: text states {tuple(states.shape)} in {time.time() - t:.1f}s")
+        out[split] = dict(split=s, pixels=pixels, spatial=spatial, pooled=pooled, texts=texts, owner=owner,
+                          states=states)
+    return out
+
+
+def _cached(texts, cfg, cache: Path) -> bool:
+    from .text_targets import cache_key
+
+    return (cache / f"text_{cache_key(texts, cfg.llm, cfg.text_layer)}.safetensors").is_file()
+
+
+@torch.no_grad()
+def embed_dev(student: Student, pixels_uint8: torch.Tensor, size: int, bf16: bool, batch: int = 200) -> torch.Tensor:
+    student.eval()
+    outs = []
+    for st in range(0, len(pixels_uint8), batch):
+        x = D.to_student(pixels_uint8[st:st + batch].float() / 255.0, size, MEAN, STD)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            pooled = student.tower(pixel_values=x).pooler_output
+        outs.append(student.image_head(pooled.float()))
+    student.train()
+    return torch.cat(outs)
+
+
+def evaluate(student: Student, dev: dict, text_unit: torch.Tensor, cfg: Stage0Config) -> dict:
+    img = embed_dev(student, dev["pixels"], cfg.tower.image_size, cfg.bf16)
+    return recall_at_k(img @ text_unit.t(), dev["owner"])
+
+
+def teacher_probe(data: dict, text_mean: torch.Tensor, alphas=(1.0, 10.0, 100.0, 1000.0)) -> dict:
+    """Ridge probe from frozen teacher pooled features to the text space (fit on train, select alpha on dev)."""
+    tr, dv = data["train"], data["dev"]
+    tr_unit = F.normalize(tr["states"] - text_mean, dim=-1)
+    dv_unit = F.normalize(dv["states"] - text_mean, dim=-1)
+    y = per_image_targets(tr_unit, tr["owner"], len(tr["pixels"]))
+    best = None
+    for a in alphas:
+        w, m, s = ridge_fit(tr["pooled"], y, a)
+        r = recall_at_k(ridge_apply(dv["pooled"], w, m, s) @ dv_unit.t(), dv["owner"])
+        r["alpha"] = a
+        if best is None or r["t2i_r5"] > best["t2i_r5"]:
+            best = r
+    return best
+
+
+def train(cfg: Stage0Config) -> dict:
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    out_dir = Path(cfg.out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    log = Logger(out_dir.parent / f"{out_dir.name}_metrics.jsonl")
+    log(f"config: {json.dumps(cfg.to_dict(), default=str)}")
+    t_start = time.time()
+    data = prepare_data(cfg, log)
+    tr, dv = data["train"], data["dev"]
+    text_mean = tr["states"].mean(0)
+    tr_unit = F.normalize(tr["states"] - text_mean, dim=-1)
+    dv_unit = F.normalize(dv["states"] - text_mean, dim=-1)
+    n_img = len(tr["pixels"])
+    caps_of = [[] for _ in range(n_img)]
+    for j, i in enumerate(tr["owner"]):
+        caps_of[i].append(j)
+
+    probe = teacher_probe(data, text_mean)
+    chance = chance_recall(len(dv["pixels"]), 5)
+    log(f"teacher linear probe (dev): {json.dumps(probe)}", kind="probe", **probe)
+    log(f"chance (dev): {json.dumps({k: round(v, 4) for k, v in chance.items()})}")
+
+    # standardisation statistics of the teacher targets
+    sp = tr["spatial"].float()
+    sp_mean, sp_std = sp.mean((0, 2, 3)), sp.std((0, 2, 3)).clamp_min(1e-3)
+    po_mean, po_std = tr["pooled"].mean(0), tr["pooled"].std(0).clamp_min(1e-3)
+    del sp
+
+    tcfg = cfg.tower.to_config()
+    student = Student(tcfg, teacher_dim=tr["pooled"].shape[1], text_dim=tr_unit.shape[1],
+                      init_logit_scale=cfg.init_logit_scale)
+    n_params = sum(p.numel() for p in student.tower.parameters())
+    log(f"student tower: {n_params / 1e6:.2f}M parameters, grid {student.grid}x{student.grid}")
+    decay = [p for n, p in student.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in student.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    online_teacher = OpenNSFWTeacher(dtype=torch.bfloat16) if cfg.teacher_online else None
+    spec = RetrievalSpec(text_model=cfg.llm, text_layer=cfg.text_layer, embed_dim=tr_unit.shape[1],
+                         text_mean=text_mean.tolist())
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    best: dict | None = None
+    history = []
+    step, perm, pos = 0, torch.randperm(n_img, generator=gen), 0
+    t_train = time.time()
+    seen = 0
+    budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else None
+
+    def progress() -> float:
+        p = step / cfg.max_steps
+        if budget_s:
+            p = max(p, (time.time() - t_train) / budget_s)
+        return p
+
+    def do_eval():
+        nonlocal best
+        t = time.time()
+        r = evaluate(student, dv, dv_unit, cfg)
+        spec.logit_scale = float(student.logit_scale(cfg.max_logit_scale).detach())
+        rec = {"step": step, **{k: round(v, 4) for k, v in r.items()}, "eval_s": round(time.time() - t, 1)}
+        history.append(rec)
+        log(f"eval step {step}: {json.dumps(rec)}", kind="eval", **rec)
+        extra = {"config": cfg.to_dict(), "step": step, "dev": r, "teacher_probe": probe, "chance": chance}
+        if best is None or r["t2i_r5"] >= best["t2i_r5"]:
+            best = {"step": step, **r}
+            extra["best"] = best
+            export_tower(student, out_dir, spec, MEAN, STD, extra)
+            log(f"saved best tower (dev t2i R@5 {r['t2i_r5']:.4f}) to {out_dir}")
+
+    student.train()
+    while progress() < 1.0:
+        if pos + cfg.batch_size > n_img:
+            perm, pos = torch.randperm(n_img, generator=gen), 0
+        idx = perm[pos:pos + cfg.batch_size]
+        pos += cfg.batch_size
+        lr = lr_at(progress(), cfg, step)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        # views
+        x = tr["pixels"][idx].float() / 255.0
+        theta = D.random_grids(len(idx), cfg.augment, gen)
+        view = D.color_jitter(D.warp(x, theta, D.SIZE), cfg.augment, gen)
+        if online_teacher is not None:
+            t_spatial, t_pooled = online_teacher(view)
+        else:
+            t_spatial = D.warp_maps(tr["spatial"][idx].float(), theta)
+            t_pooled = tr["pooled"][idx]
+        t_spatial = standardize(match_grid(t_spatial, student.grid), sp_mean, sp_std, 1)
+        t_pooled = standardize(t_pooled, po_mean, po_std, 1)
+        cap = torch.tensor([random.choice(caps_of[int(i)]) for i in idx])
+        text = tr_unit[cap]
+        pixels = D.to_student(view, cfg.tower.image_size, MEAN, STD)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            s_spatial, s_pooled, s_img = student(pixels)
+        l_sp = cosine_distill(s_spatial, t_spatial, dim=1) if cfg.w_spatial else torch.zeros(())
+        l_po = cosine_distill(s_pooled, t_pooled, dim=1) if cfg.w_pooled else torch.zeros(())
+        l_clip = info_nce(s_img, text, student.logit_scale(cfg.max_logit_scale)) if cfg.w_clip else torch.zeros(())
+        loss = cfg.w_spatial * l_sp + cfg.w_pooled * l_po + cfg.w_clip * l_clip
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        step += 1
+        seen += len(idx)
+        if step % cfg.log_every == 0 or step == 1:
+            el = time.time() - t_train
+            rec = {"step": step, "loss": round(loss.item(), 4), "spatial": round(l_sp.item(), 4),
+                   "pooled": round(l_po.item(), 4), "clip": round(l_clip.item(), 4),
+                   "scale": round(float(student.logit_scale(cfg.max_logit_scale).detach()), 2), "lr": lr,
+                   "img_per_s": round(seen / el, 1), "progress": round(progress(), 3)}
+            log(json.dumps(rec), kind="train", **rec)
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            do_eval()
+    if not history or history[-1]["step"] != step:
+        do_eval()
+    summary = {
+        "best": best, "teacher_probe": probe, "chance": chance, "steps": step, "images_seen": seen,
+        "train_img_per_s": round(seen / max(1e-9, time.time() - t_train), 1),
+        "wall_s": round(time.time() - t_start, 1), "peak_rss_mib": round(peak_rss_mib(), 1),
+        "history": history, "out_dir": str(out_dir),
+    }
+    (out_dir.parent / f"{out_dir.name}_summary.json").write_text(json.dumps(summary, indent=2))
+    log(f"done: {json.dumps({k: v for k, v in summary.items() if k != 'history'})}")
+    return summary
