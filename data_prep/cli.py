@@ -2,6 +2,7 @@
 
 - ``vlm prep flickr8k --src ../shared/data/flickr8k --out DIR``
 - ``vlm prep sroie --src ../shared/data/sroie --out DIR [--ocr rapidocr|dataset]``
+- ``vlm prep mix PATH[:N] ... --out FILE``: sample and shuffle record files into one training file.
 - ``vlm prep check FILE [FILE ...]``: count bad records in LLaVA files by reason.
 
 Each prints a summary (bad records by reason) and writes it as JSON beside the output. A bad record is
@@ -46,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sr.add_argument("--max-val-group", type=int, default=12,
                     help="vendor groups bigger than this always stay in train (default 12)")
     sr.add_argument("--questions", type=int, default=2, help="single-field questions per receipt (0-4, default 2)")
+    mx = sub.add_parser("mix", help="mix record files (PATH[:N] samples N) into one shuffled training file")
+    mx.add_argument("sources", nargs="+", metavar="PATH[:N]")
+    mx.add_argument("--out", required=True, type=Path, help="output JSON file")
+    mx.add_argument("--seed", type=int, default=0)
+    mx.add_argument("--absolute-paths", action="store_true")
     ck = sub.add_parser("check", help="check LLaVA record files and count bad records by reason")
     ck.add_argument("files", nargs="+", type=Path)
     ck.add_argument("--decode", action="store_true", help="also decode every image (slower)")
@@ -82,6 +88,12 @@ def run(args: argparse.Namespace) -> int:
             absolute_paths=args.absolute_paths, decode_images=not args.no_decode, strict=args.strict,
         )
         _print_summary(prepare_sroie(cfg, progress=not args.quiet), cfg.out / "sroie_summary.json")
+        return 0
+    if args.prep_command == "mix":
+        from .mix import MixConfig, MixSource, mix
+
+        cfg = MixConfig([MixSource.parse(s) for s in args.sources], args.out, args.seed, args.absolute_paths)
+        print(json.dumps(mix(cfg), indent=2))
         return 0
     from .io import checked_records
     from .records import RecordAccounting

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from vlm.documents import DocumentError
-from vlm.extract import extract, fields_answer, fields_prompt, format_ocr
+from vlm.extract import fields_answer, fields_prompt, format_ocr
 from vlm.extract.constrained import JsonLogitsProcessor, JsonObjectMachine, ValueRule, token_texts
 from vlm.extract.prompts import TEMPLATES, get_template
 from vlm.extract.schema import ExtractionError, SchemaError, parse_date, parse_number, resolve_schema
@@ -69,7 +69,7 @@ def test_machine_rejects_invented_values_and_completes_to_null():
     assert m.values(ok) == {"company": "total 9.00", "total": None}  # unfinished value -> null
     no_text = JsonObjectMachine(["company"], corpus="")
     assert no_text.feed(no_text.start(), '{"company": "') is None
-    assert json.loads("".join('{"company": null}')) == no_text.values(no_text.feed(no_text.start(), '{"company": null}'))
+    assert no_text.values(no_text.feed(no_text.start(), '{"company": null}')) == {"company": None}
 
 
 def test_freeform_machine():
@@ -282,9 +282,9 @@ def test_cli_extract_and_ocr(tiny_vlm, receipt, tmp_path, capsys):
 def test_real_weights_receipt_image_and_pdf_agree(real_vlm, receipt, tmp_path):
     """Real SmolLM2 (random tower) on a real SROIE receipt: valid grounded JSON, same from a PDF of it."""
     ocr_text = format_ocr(run_ocr(receipt))
-    out = real_vlm.extract(receipt, fields=FIELDS, max_new_tokens=96)
+    out = real_vlm.extract(receipt, fields=FIELDS, max_new_tokens=48)
     assert list(out) == FIELDS and grounded(out, ocr_text)
     pdf = tmp_path / "receipt.pdf"
     # RGBA makes Pillow embed the page losslessly (JPEG 2000); at 200 dpi it renders back pixel for pixel
     Image.open(receipt).convert("RGBA").save(pdf, "PDF", resolution=200)
-    assert real_vlm.extract(pdf, fields=FIELDS, max_new_tokens=96) == out
+    assert real_vlm.extract(pdf, fields=FIELDS, max_new_tokens=48) == out

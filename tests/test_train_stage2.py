@@ -151,23 +151,26 @@ def test_export_rejects_a_plain_llava_folder(tiny_stage1, tmp_path):
 
 
 @pytest.mark.real
-def test_real_parts_over_registered_smollm2(real_vlm, photo, tmp_path):
+def test_real_parts_over_registered_smollm2(photo, tmp_path):
     """Parts over the registered SmolLM2: the base comes from vlm.hub by name, the rest from the folder."""
     from peft import LoraConfig, get_peft_model
 
     from train.recipes.common import llm_linear_regex
     from vlm.parts import load_parts, save_parts
 
-    import copy
+    from vlm import VLM, TowerPreset
 
-    model = copy.deepcopy(real_vlm.model).to(torch.bfloat16)
-    base_vocab = real_vlm.processor.tokenizer.vocab_size
+    # built in bf16 from the start (``.to(bf16)`` on an fp32 model would also round the rotary buffers)
+    torch.manual_seed(0)
+    real = VLM.build(TowerPreset().to_config(), "smollm2-135m-instruct", dtype="bfloat16")
+    model = real.model
+    base_vocab = real.processor.tokenizer.vocab_size
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=llm_linear_regex(model)))
     randomise_lora(peft_model)
     with torch.no_grad():
         for p in peft_model.parameters():
             p.copy_(p.to(torch.bfloat16).to(p.dtype))
-    save_parts(peft_model, real_vlm.processor, tmp_path / "p", "smollm2-135m-instruct", base_vocab)
+    save_parts(peft_model, real.processor, tmp_path / "p", "smollm2-135m-instruct", base_vocab)
     manifest = json.loads((tmp_path / "p" / "vlm_parts.json").read_text())
     assert manifest["base_llm"] == "smollm2-135m-instruct"
     size = sum(f.stat().st_size for f in (tmp_path / "p").rglob("*") if f.is_file())

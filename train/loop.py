@@ -245,7 +245,8 @@ def train(cfg: TrainConfig) -> dict:
         losses = [r["loss"] for r in rows]
         tail = losses[-max(1, len(losses) // 10):] if losses else []
         summary = {
-            "stage": cfg.stage, "recipe": cfg.recipe, "steps": state.step, "epochs": state.epoch,
+            "stage": cfg.stage, "recipe": cfg.recipe, "steps": state.step,
+            "epochs": round(state.epoch + state.batch_in_epoch / len(batches), 3),
             "examples": len(dataset), "records": len(records), "skipped": dict(dataset.skipped),
             "samples": state.samples, "samples_this_run": samples_here,
             "time_s": round(state.elapsed, 2), "train_time_this_run_s": round(train_s, 2),

@@ -154,17 +154,19 @@ def _write_disk(key: str, lines: list[OcrLine]) -> None:
 
 # -- reading order --------------------------------------------------------------------------------
 # Rules (documented in docs and tested):
-# 1. Lines are grouped into rows: a line joins a row when it overlaps the row vertically by at least half
-#    of the smaller height. Rows are sorted top to bottom, lines in a row left to right.
+# 1. Lines are grouped into rows: taken by vertical centre, a line joins the current row when its centre
+#    lies between the median top and median bottom of the row's lines. Rows go top to bottom, lines in a
+#    row left to right.
 # 2. A run of consecutive rows that share an empty vertical band (a gutter at least one median line height
 #    wide that no line crosses), with the lines on each side starting at the same x (left-aligned text
-#    columns), is a multi-column block when both sides hold at least two lines and are text-like (median
-#    length >= 8 characters). Such a block is read column by column (left column top to bottom, then the
-#    right one; recursively for 3+ columns). Receipt rows like "TOTAL      9.00" have a gutter too, but
-#    their short, right-aligned amounts keep them as rows.
+#    columns), is a multi-column block when both sides hold at least three lines and are prose-like
+#    (median length >= 8 characters, median share of letters >= 0.6). Such a block is read column by
+#    column (left column top to bottom, then the right one; recursively for 3+ columns). Receipt rows
+#    like "TOTAL      RM 33.92" have a gutter too, but their amounts are not prose, so they stay rows.
 
 _MIN_COLUMN_CHARS = 8
-_MIN_COLUMN_LINES = 2
+_MIN_COLUMN_LINES = 3
+_MIN_COLUMN_LETTERS = 0.6
 
 
 def _height(line: OcrLine) -> float:
@@ -176,9 +178,9 @@ def _group_rows(lines: list[OcrLine]) -> list[list[OcrLine]]:
     for line in sorted(lines, key=lambda ln: ((ln.box[1] + ln.box[3]) / 2, ln.box[0])):
         if rows:
             row = rows[-1]
-            top, bottom = min(ln.box[1] for ln in row), max(ln.box[3] for ln in row)
-            overlap = min(bottom, line.box[3]) - max(top, line.box[1])
-            if overlap >= 0.5 * min(bottom - top, _height(line)):
+            # the row's band is its lines' median top..median bottom, so one tall box can't chain two rows
+            top, bottom = median(ln.box[1] for ln in row), median(ln.box[3] for ln in row)
+            if top <= (line.box[1] + line.box[3]) / 2 <= bottom:
                 row.append(line)
                 continue
         rows.append([line])
@@ -207,8 +209,18 @@ def _intersect(a: list[tuple[float, float]], b: list[tuple[float, float]], min_w
     return out
 
 
+def _letter_share(text: str) -> float:
+    chars = [c for c in text if not c.isspace()]
+    return sum(c.isalpha() for c in chars) / max(1, len(chars))
+
+
 def _is_text_column(lines: list[OcrLine]) -> bool:
-    return len(lines) >= _MIN_COLUMN_LINES and median(len(ln.text) for ln in lines) >= _MIN_COLUMN_CHARS
+    """Prose-like: enough lines, long ones, mostly letters (amount columns like "RM 33.92" are not)."""
+    return (
+        len(lines) >= _MIN_COLUMN_LINES
+        and median(len(ln.text) for ln in lines) >= _MIN_COLUMN_CHARS
+        and median(_letter_share(ln.text) for ln in lines) >= _MIN_COLUMN_LETTERS
+    )
 
 
 def _column_split(rows: list[list[OcrLine]], min_gap: float):

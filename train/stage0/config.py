@@ -40,7 +40,7 @@ class Stage0Config:
     train_limit: int | None = None
     dev_limit: int | None = None
     eval_every: int = 250
-    save_every: int = 250
+    save_every: int = 250  # also export the latest weights to <out_dir>.last every N steps (0: never)
     log_every: int = 10
 
     def to_dict(self) -> dict:

@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from vlm.eval.retrieval import HEAD_FILE, RetrievalSpec
 
 

@@ -240,6 +240,10 @@ def train(cfg: Stage0Config) -> dict:
             log(json.dumps(rec), kind="train", **rec)
         if cfg.eval_every and step % cfg.eval_every == 0:
             do_eval()
+        if cfg.save_every and step % cfg.save_every == 0:  # latest weights, whatever their dev score
+            spec.logit_scale = float(student.logit_scale(cfg.max_logit_scale).detach())
+            export_tower(student, out_dir.with_name(out_dir.name + ".last"), spec, MEAN, STD,
+                         {"config": cfg.to_dict(), "step": step})
     if not history or history[-1]["step"] != step:
         do_eval()
     summary = {

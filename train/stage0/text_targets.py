@@ -1,33 +1,16 @@
 """The locked text side of stage 0: the frozen LLM's mean-pooled hidden states of each caption.
 
 Computed once and cached to disk as safetensors, keyed by the data split, the LLM and the layer.
-Only the first ``layer`` decoder layers run (the later ones cannot change ``hidden_states[layer]``).
+Only the decoder layers that can affect ``hidden_states[layer]`` run (see ``vlm.eval.retrieval.truncated``).
 """
 from __future__ import annotations
 
 import hashlib
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from vlm.eval.retrieval import embed_texts
-
-
-@contextmanager
-def truncated(llm, layer: int):
-    """Temporarily keep only the decoder layers needed for ``hidden_states[layer]`` (``layer`` >= 0)."""
-    base = getattr(llm, "model", llm)
-    layers = base.layers
-    n = len(layers)
-    if layer < 0 or layer >= n:  # the last entry is after the final norm: keep the whole model
-        yield llm
-        return
-    base.layers = layers[: layer + 1]  # hidden_states[layer] is the input of layer ``layer``: exact
-    try:
-        yield llm
-    finally:
-        base.layers = layers
 
 
 def cache_key(texts: list[str], llm_name: str, layer: int) -> str:
@@ -58,8 +41,7 @@ def text_states(texts: list[str], llm_name: str, layer: int, cache_dir: str | Pa
 
             return load_file(str(path))["states"]
     model, tok = llm if llm is not None else load_text_llm(llm_name)
-    with truncated(model, layer):
-        states = embed_texts(model, tok, texts, layer, batch_size=batch_size)
+    states = embed_texts(model, tok, texts, layer, batch_size=batch_size)
     if path is not None:
         from safetensors.torch import save_file
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -123,15 +122,3 @@ def write_report(out: str | Path, info: RunInfo, systems: dict[str, dict], timin
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return path
 
-
-class Stopwatch:
-    """Wall time of a block, in seconds."""
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-        self.seconds = 0.0
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self.start
-        return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -71,36 +72,52 @@ def chance_recall(n_images: int, captions_per_image: int, ks: Iterable[int] = (1
 
 
 # ----------------------------------------------------------------------------------------------- text side
+@contextmanager
+def truncated(llm, layer: int):
+    """Temporarily keep only the decoder layers needed for ``hidden_states[layer]`` (exact for ``layer`` >= 0;
+    the last entry, after the final norm, needs the whole model)."""
+    base = getattr(llm, "model", llm)
+    layers = base.layers
+    if layer < 0 or layer >= len(layers):
+        yield llm
+        return
+    base.layers = layers[: layer + 1]  # hidden_states[layer] is the input of layer ``layer``
+    try:
+        yield llm
+    finally:
+        base.layers = layers
+
+
 @torch.no_grad()
 def embed_texts(llm, tokenizer, texts: Sequence[str], layer: int, batch_size: int = 64,
                 dtype: torch.dtype | None = None) -> torch.Tensor:
     """Mean-pooled hidden states of ``llm`` at ``hidden_states[layer]`` over each text's tokens (no padding).
 
     ``llm`` is a causal LM (or its base model); ``layer`` indexes ``output_hidden_states`` (0 = embeddings,
-    -1 = last layer after the final norm). Returns float32 (len(texts), hidden), not normalised.
+    -1 = last layer after the final norm); only the layers that can affect it run.
+    Returns float32 (len(texts), hidden), not normalised.
     """
     base = getattr(llm, "model", llm)
     dtype = dtype or next(base.parameters()).dtype
     device = next(base.parameters()).device
     side = tokenizer.padding_side
     tokenizer.padding_side = "right"
-    out = []
+    result = torch.empty(len(texts), base.config.hidden_size)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths per batch
     try:
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths per batch
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.to(device) for k, v in enc.items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                hs = base(**enc, output_hidden_states=True).hidden_states[layer]
-            mask = enc["attention_mask"].unsqueeze(-1).to(hs.dtype)
-            pooled = (hs * mask).sum(1) / mask.sum(1).clamp_min(1)
-            out.append((idx, pooled.float().cpu()))
+        with truncated(base, layer):  # later layers cannot change hidden_states[layer]
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
+                                add_special_tokens=False)
+                enc = {k: v.to(device) for k, v in enc.items()}
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                    hs = base(**enc, output_hidden_states=True).hidden_states[layer]
+                mask = enc["attention_mask"].unsqueeze(-1).to(hs.dtype)
+                pooled = (hs * mask).sum(1) / mask.sum(1).clamp_min(1)
+                result[torch.tensor(idx)] = pooled.float().cpu()
     finally:
         tokenizer.padding_side = side
-    result = torch.empty(len(texts), out[0][1].shape[1] if out else 0)
-    for idx, pooled in out:
-        result[torch.tensor(idx)] = pooled
     return result
 
 

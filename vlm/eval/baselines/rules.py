@@ -7,8 +7,10 @@ slice of it; they use nothing but the OCR text (and its boxes, to rebuild visual
 - date: the first date-shaped token (dd/mm/yyyy, dd-mm-yy, yyyy-mm-dd, dd MMM yyyy, ...) on a row that
   says DATE, else the first valid date-shaped token anywhere;
 - total: amounts (``12.30``, ``RM 1,007.50``) on rows with a total keyword, best keyword first
-  (rounded/nett/grand total, total incl. tax, amount due > plain TOTAL), the amount on that row or the
-  next two; without any keyword, the largest amount not on a cash/change/tender row;
+  (rounded/nett/grand total, total incl. tax, amount due > plain TOTAL; the later row wins a tie), the
+  amount on that row or the next two, ignoring a GST/tax summary table once a total was found; without
+  any keyword, the largest amount not on a cash/change/tender row. A currency sign printed against the
+  number (``RM8.20``, ``$9.20``) is kept, one printed apart (``RM 8.20``) is not, as in the SROIE keys;
 - company: the first rows (among the top 10) that end in a company word (SDN BHD, ENTERPRISE,
   TRADING, RESTORAN, ...), joined with the rows it continues from; else the first all-caps text row that
   is not a document heading (TAX INVOICE, RECEIPT, ...). Registration numbers in brackets are dropped;
@@ -146,7 +148,7 @@ _TOTAL_KEYS = [
     (re.compile(r"ROUND(ED|ING)?\s*(D\s*)?TOTAL|TOTAL\s*(\(?ROUND|AFTER\s+ROUND)|NETT?\s*TOTAL|TOTAL\s*NETT?\b"), 6),
     (re.compile(r"TOTAL\s*PAYABLE"), 6),
     (re.compile(r"GRAND\s*TOTAL|AMOUNT\s*(DUE|PAYABLE)|TOTAL\s*DUE|NET\s*AMOUNT"), 5),
-    (re.compile(r"TOTAL.{0,20}(INCL|INC\.|W/\s*GST|WITH\s*GST)|INCL.{0,12}GST"), 5),
+    (re.compile(r"TOTAL.{0,20}([IL1]NCL|INC\.|W/\s*GST|WITH\s*GST)|[IL1]NCL.{0,12}GST"), 5),
     (re.compile(r"TOTAL\s*(AMOUNT|AMT|SALES?|RM|\(RM\)|:|$)"), 3),
     (re.compile(r"(?<!SUB)(?<!SUB\s)TOTAL"), 2),
     (re.compile(r"\bAMOUNT\b|\bJUMLAH\b"), 1),
@@ -175,6 +177,8 @@ def extract_total(rows: Sequence[str]) -> str | None:
     best: tuple[int, int, str] | None = None  # (priority, row index, amount)
     for i, row in enumerate(rows):
         up = row.upper()
+        if best is not None and re.search(r"(GST|TAX)\s*SUMMARY", up):
+            break  # the tax table below repeats totals before rounding
         if _NOT_TOTAL.search(up):
             continue
         priority = next((p for pat, p in _TOTAL_KEYS if pat.search(up)), 0)
@@ -234,10 +238,12 @@ def _company_span(rows: Sequence[str], top: int = 10) -> tuple[int, int] | None:
     for i, row in enumerate(rows[:top]):
         if _COMPANY_END.search(row) and not _HEADING.match(row) and not _ADDRESS_STOP.search(row):
             start = i
-            # a name broken over rows: earlier rows that do not end a sentence and are not headings
+            # a name broken over rows: the previous row when it ends mid-name ("... SDN", "... (", "... &")
+            # or when this row starts with the company word ("ENTERPRISE (SETIA" after "AIK HUAT HARDWARE")
             while (start > 0 and i - start < 2 and _is_texty(rows[start - 1]) and not _HEADING.match(rows[start - 1])
-                   and rows[start - 1].rstrip().endswith(("&", "(", "-")) is False
-                   and re.search(r"(SDN|\(|&|AND)\s*$", rows[start - 1].upper())):
+                   and not _ADDRESS_STOP.search(rows[start - 1])
+                   and (re.search(r"(SDN|\(|&|AND)\s*$", rows[start - 1].upper())
+                        or (start == i and _COMPANY_END.match(row.lstrip())))):
                 start -= 1
             end = i
             # ...or continued on the next row ("... HARDWARE" / "ENTERPRISE (SETIA" / "ALAM) SDN BHD")
@@ -257,7 +263,7 @@ def _company_span(rows: Sequence[str], top: int = 10) -> tuple[int, int] | None:
     return None
 
 
-_REG_INNER = re.compile(r"\s*[\(\[]\s*[A-Z]{0,3}\s*\d{4,}[\-\s]?[A-Z]?\s*[\)\]].*$", re.I)
+_REG_INNER = re.compile(r"\s*[\(\[][^\)\]]*\d{3,}[^\)\]]*([\)\]].*)?$")  # "(1211036-W)", "(CO.NO. 12...)"
 
 
 def _clean_company(text: str) -> str:

@@ -5,7 +5,7 @@ over :func:`vlm.extract.prompts.format_ocr`), so the comparison isolates what tr
 Decoding is greedy, and the assistant turn is primed with the opening of the JSON object
 (``{"company": "``) so that the reply continues in the asked format; no example is shown (zero-shot). The
 answer (priming + reply, cut after the first ``}``) is read with :func:`parse_fields`: the first JSON
-object, else ``"field": "value"`` pairs found anywhere in it; fields it lacks are null (no prediction).
+object, else ``"field": "value"`` / ``"field": 12.30`` pairs found anywhere in it; fields it lacks are null.
 """
 from __future__ import annotations
 
@@ -54,9 +54,9 @@ def parse_fields(reply: str, fields: Sequence[str] = FIELDS) -> dict:
     found = {}
     for f in fields:
         value = lowered.get(f.lower())
-        if value is None:
-            m = re.search(rf'"{re.escape(f)}"\s*:\s*"([^"\n]*)"', reply, re.I)
-            value = m.group(1) if m else None
+        if value is None:  # an unclosed object: loose "key": "value" or "key": 12.30 pairs
+            m = re.search(rf'"{re.escape(f)}"\s*:\s*(?:"([^"\n]*)"|(-?\d[\d,]*(?:\.\d+)?)\b)', reply, re.I)
+            value = (m.group(1) if m.group(1) is not None else m.group(2)) if m else None
         if isinstance(value, (dict, list)):
             value = None
         found[f] = value
