@@ -105,6 +105,7 @@ def plot_losses(rows: list[dict], path: Path, title: str) -> None:
 def train(cfg: TrainConfig) -> dict:
     """Run one training stage; return the summary (also written to ``<out>/summary.json``)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
@@ -113,6 +114,9 @@ def train(cfg: TrainConfig) -> dict:
 
     cfg.validate()
     out = Path(cfg.out)
+    # Accelerate keeps its mixed-precision choice process-wide; a second run in the same process (a
+    # notebook, the test suite) may ask for another one. The process group (PartialState) is kept.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         mixed_precision="bf16" if cfg.bf16 else "no",
         gradient_accumulation_steps=cfg.grad_accum,

@@ -36,7 +36,7 @@ def resolve_model(name_or_path: str | os.PathLike, dtype: torch.dtype):
         if (path / "vlm_parts.json").exists():
             from .parts import load_parts
 
-            return load_parts(path, dtype)
+            return load_parts(path, dtype, merge=True)  # shipped models: LoRA merged for inference speed
         if is_llava_folder(path):
             return load_llava(path, dtype)
         raise ModelNotFoundError(
