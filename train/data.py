@@ -13,7 +13,6 @@ on one.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -41,28 +40,6 @@ class Example:
 
     def __len__(self) -> int:
         return len(self.input_ids)
-
-
-def load_records(path: str | Path) -> list:
-    """A LLaVA JSON list (``.json``) or one record per line (``.jsonl``)."""
-    path = Path(path)
-    text = path.read_text()
-    if path.suffix == ".jsonl":
-        out = []
-        for i, line in enumerate(text.splitlines()):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    out.append(None)  # counted as malformed by the record checks
-        return out
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, list):
-        raise ValueError(f"{path} must hold a JSON list of LLaVA records")
-    return data
 
 
 def to_messages(record: dict) -> list[dict]:

@@ -18,9 +18,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from data_prep.io import load_records
+
 from . import checkpoint
 from .config import TrainConfig
-from .data import Collator, LengthGroupedBatches, TrainingSet, load_records
+from .data import Collator, LengthGroupedBatches, TrainingSet
 from .feature_cache import FeatureCache, ensure_features, tower_fingerprint, unreadable
 from .recipes import get_recipe
 from .recipes.common import llava_of
