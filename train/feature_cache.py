@@ -126,16 +126,19 @@ def ensure_features(model, processor, images: dict[str, Path], cache: FeatureCac
                     rank: int = 0, world: int = 1, progress=None) -> set[str]:
     """Compute and store features for every image the cache lacks; return keys of unreadable images.
 
-    With a disk cache, rank ``r`` computes the missing images ``r, r+world, ...`` (call a barrier after);
+    With a disk cache, rank ``r`` computes whichever of images ``r, r+world, ...`` are missing (call a
+    barrier after);
     in memory every rank computes all of them. Keys still missing afterwards are unreadable images.
     """
     from vlm.config import InputLimits
     from vlm.images import load_image
 
     keys = sorted(images)
-    missing = [k for k in keys if not cache.has(k)]
-    cache.hits += len(keys) - len(missing)
-    mine = missing[rank::world] if cache.enabled else missing
+    # Split all keys (not just the missing ones) between ranks: each rank's share must not depend on
+    # when it looked, since another rank may already be writing entries.
+    share = keys[rank::world] if cache.enabled else keys
+    mine = [k for k in share if not cache.has(k)]
+    cache.hits += len(share) - len(mine)
     bad: set[str] = set()
     limits = InputLimits()
     was_training = model.training

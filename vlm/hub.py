@@ -6,6 +6,7 @@ plain safetensors folder and kept under ``$VLM_CACHE`` (default ``~/.cache/vlm``
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -108,5 +109,32 @@ def resolve_local_or_hub(name_or_path: str | os.PathLike, kind: str) -> str:
         raise ModelNotFoundError(f"{kind} path {path} is a file, not a model folder")
     if text.startswith((".", "/", "~")) or text.count("/") > 1:
         raise ModelNotFoundError(f"{kind} folder not found: {path}")
-    return text
+    if hub_reachable():
+        return text
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(text, "config.json")
+    if isinstance(cached, str):  # offline: use the snapshot the user already has
+        return str(Path(cached).parent)
+    raise ModelNotFoundError(
+        f"{kind} {text!r} is not a local folder, not in the Hugging Face cache ({constants.HF_HUB_CACHE}), "
+        f"and the hub ({constants.ENDPOINT}) cannot be reached"
+    )
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """False when ``HF_HUB_OFFLINE`` is set or the hub endpoint does not accept a TCP connection in time,
+    so a missing model fails at once instead of after transformers' download retries."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError:
+        return False
+    return True
 
