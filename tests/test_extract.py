@@ -288,3 +288,43 @@ def test_real_weights_receipt_image_and_pdf_agree(real_vlm, receipt, tmp_path):
     # RGBA makes Pillow embed the page losslessly (JPEG 2000); at 200 dpi it renders back pixel for pixel
     Image.open(receipt).convert("RGBA").save(pdf, "PDF", resolution=200)
     assert real_vlm.extract(pdf, fields=FIELDS, max_new_tokens=48) == out
+
+
+# ---- value patterns ------------------------------------------------------------------------------
+def test_pattern_candidates_come_from_the_ocr_text():
+    from vlm.extract.patterns import AMOUNT_PATTERN, DATE_PATTERN, candidates
+
+    text = ("Doc No\tCS00031663\tDate\t25/12/2018\n05 Mar 2018 18:24\nTotal Sales :\tRM80.90\n"
+            "Cash\t1,100.00\nRound\t-0.01\nInvoice 2018030610100080498\nDate:25/01/20181:22:56PM")
+    dates = candidates(DATE_PATTERN, text)
+    assert dates == ("25/12/2018", "05 Mar 2018", "05 MAR 2018", "25/01/2018")  # no date in the invoice number
+    amounts = candidates(AMOUNT_PATTERN, text)
+    assert {"RM80.90", "80.90", "1,100.00", "-0.01"} <= set(amounts) and "0.90" not in amounts
+    assert candidates(DATE_PATTERN, "no dates here 12.50") == ()
+
+
+def test_pattern_fields_decode_to_a_candidate_or_null():
+    from vlm.extract.extract import _machine
+
+    doc = resolve_schema(template="receipt")
+    assert [f.pattern is not None for f in doc.fields] == [False, True, False, True]
+    machine = _machine(doc, "SHOP SDN BHD\nDate 25/12/2018\tTOTAL 9.00\nCASH 10.00")
+    ok = '{"company": "SHOP SDN BHD", "date": "25/12/2018", "address": null, "total": "9.00"}'
+    assert machine.is_done(machine.feed(machine.start(), ok))
+    for bad in ('{"company": null, "date": "25/12/201', '{"company": null, "date": "2018"',
+                '{"company": null, "date": null, "address": null, "total": "9.0"'):
+        state = machine.feed(machine.start(), bad)
+        assert state is None or not machine.is_done(machine.feed(state, '"}'))
+    empty = _machine(doc, "no numbers at all")  # no candidate: only null can be written
+    assert empty.feed(empty.start(), '{"company": null, "date": "') is None
+
+
+def test_json_schema_pattern_keyword(tiny_vlm, receipt):
+    schema = {"type": "object", "properties": {"total": {"type": "string", "pattern": r"\d+\.\d\d"}}}
+    assert resolve_schema(schema=schema).fields[0].pattern == r"\d+\.\d\d"
+    with pytest.raises(SchemaError, match="pattern"):
+        resolve_schema(schema={"type": "object", "properties": {"t": {"type": "string", "pattern": "(\\d"}}})
+    import re
+
+    out = tiny_vlm.extract(receipt, schema=schema)
+    assert out["total"] is None or re.fullmatch(r"\d+\.\d\d", out["total"])

@@ -74,3 +74,54 @@ def test_bad_shapes_raise_clear_errors():
         recall_at_k(torch.zeros(2, 3), [0, 1])
     with pytest.raises(ValueError, match="image indices"):
         recall_at_k(torch.zeros(2, 2), [0, 5])
+
+
+# ---- the text side and the closed-form image head ------------------------------------------------------
+def test_text_side_centres_removes_the_common_direction_and_round_trips(tmp_path):
+    from vlm.eval.retrieval import RetrievalSpec, TextSide
+
+    g = torch.Generator().manual_seed(0)
+    common = torch.randn(16, generator=g)
+    states = torch.randn(200, 16, generator=g) * 0.3 + torch.randn(200, 1, generator=g) * common
+    side = TextSide.fit(states, remove_components=1, token_weight=torch.rand(50, generator=g))
+    unit = side.unit(states)
+    assert torch.allclose(unit.norm(dim=-1), torch.ones(200), atol=1e-5)
+    assert (unit @ side.components.T).abs().max() < 1e-5  # the common direction is gone
+    direction = torch.nn.functional.normalize(common, dim=0)
+    assert abs(float(side.components[0] @ direction)) > 0.9  # and it was the planted one
+    side.save(tmp_path)
+    again = TextSide.load(tmp_path, RetrievalSpec("x", 0, 16))
+    assert torch.equal(again.unit(states), unit) and torch.equal(again.token_weight, side.token_weight)
+
+
+def test_folder_without_text_file_uses_the_spec_mean(tmp_path):
+    from vlm.eval.retrieval import RetrievalSpec, TextSide
+
+    side = TextSide.load(tmp_path, RetrievalSpec("x", 0, 3, text_mean=[1.0, 0.0, 0.0]))
+    assert torch.allclose(side.unit(torch.tensor([[2.0, 1.0, 0.0]])), torch.tensor([[0.7071, 0.7071, 0.0]]), atol=1e-4)
+
+
+def test_sif_weights_discount_frequent_tokens(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    from vlm.eval.retrieval import sif_weights
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    texts = ["a dog runs on the grass", "a man rides a bike", "a girl in a red dress"]
+    w = sif_weights(tok, texts, a=1e-2)
+    a_id, dress_id = tok(" a", add_special_tokens=False)["input_ids"][0], tok(" dress", add_special_tokens=False)["input_ids"][0]
+    unseen = tok(" volcano", add_special_tokens=False)["input_ids"][0]
+    assert w[a_id] < w[dress_id] < w[unseen] == 1.0
+
+
+def test_ridge_head_folds_into_a_linear_layer():
+    from train.stage0.probe import ridge_apply, ridge_as_linear, ridge_fit
+    from vlm.eval.retrieval import ImageHead
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 8, generator=g) * 3 + 1, torch.randn(64, 5, generator=g)
+    w, m, s = ridge_fit(x, y, 10.0)
+    head = ImageHead(8, 5)
+    head.load_state_dict(ridge_as_linear(w, m, s))
+    with torch.no_grad():
+        assert torch.allclose(head(x), ridge_apply(x, w, m, s), atol=1e-5)

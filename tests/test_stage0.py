@@ -146,7 +146,7 @@ def test_few_steps_on_real_images_lower_the_loss_and_export_a_tower(tmp_path, ti
     from train.stage0.loop import train
     from vlm import VLM
     from vlm.config import TowerPreset
-    from vlm.eval.retrieval import embed_pixels, load_retrieval_tower, preprocess_images, recall_at_k
+    from vlm.eval.retrieval import TextSide, embed_pixels, load_retrieval_tower, preprocess_images, recall_at_k
 
     out = tmp_path / "tower"
     cfg = Stage0Config(
@@ -164,7 +164,7 @@ def test_few_steps_on_real_images_lower_the_loss_and_export_a_tower(tmp_path, ti
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.1
     assert summary["best"] is not None and summary["steps"] == 30
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "retrieval.json",
-                 "retrieval_head.safetensors"):
+                 "retrieval_head.safetensors", "retrieval_text.safetensors"):
         assert (out / name).is_file(), name
 
     assert (tmp_path / "tower.last" / "model.safetensors").is_file()  # periodic save of the latest weights
@@ -175,6 +175,9 @@ def test_few_steps_on_real_images_lower_the_loss_and_export_a_tower(tmp_path, ti
 
     tower, head, spec, prep = load_retrieval_tower(out)
     assert spec.text_layer == cfg.text_layer and spec.embed_dim == 576
+    assert spec.text_pooling == "sif" and spec.head in ("ridge", "contrastive")
+    side = TextSide.load(out, spec)
+    assert side.token_weight is not None and side.components.shape == (cfg.text_remove_components, 576)
     recs = [json.loads(x) for x in (data_dir / "flickr8k" / "dev.jsonl").read_text().splitlines()[:4]]
     images = [Image.open(data_dir / "flickr8k" / r["image"]) for r in recs]
     pixels = preprocess_images(images, tower.config.image_size, prep.get("image_mean"), prep.get("image_std"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vlm.eval.retrieval import HEAD_FILE, RetrievalSpec
+from vlm.eval.retrieval import HEAD_FILE, RetrievalSpec, TextSide
 
 
 def save_preprocessor(folder: Path, size: int, mean: list[float], std: list[float]) -> None:
@@ -15,9 +15,10 @@ def save_preprocessor(folder: Path, size: int, mean: list[float], std: list[floa
     proc.save_pretrained(str(folder))
 
 
-def export_tower(student, folder: str | Path, spec: RetrievalSpec, mean: list[float], std: list[float],
-                 extra: dict | None = None) -> Path:
-    """config.json + model.safetensors (CLIPVisionModel), preprocessor_config.json, retrieval head + spec."""
+def export_tower(student, folder: str | Path, spec: RetrievalSpec, text_side: TextSide, mean: list[float],
+                 std: list[float], extra: dict | None = None, head_state: dict | None = None) -> Path:
+    """config.json + model.safetensors (CLIPVisionModel), preprocessor_config.json, retrieval head, text side
+    and spec. ``head_state`` replaces the student's trained image head (e.g. a ridge fit)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -25,9 +26,10 @@ def export_tower(student, folder: str | Path, spec: RetrievalSpec, mean: list[fl
     tmp.mkdir(parents=True, exist_ok=True)
     student.tower.save_pretrained(str(tmp), safe_serialization=True)
     save_preprocessor(tmp, student.tower.config.image_size, mean, std)
-    head = {k: v.detach().float().contiguous() for k, v in student.image_head.state_dict().items()}
+    head = {k: v.detach().float().contiguous() for k, v in (head_state or student.image_head.state_dict()).items()}
     save_file(head, str(tmp / HEAD_FILE))
     spec.save(tmp)
+    text_side.save(tmp)
     train_heads = {f"spatial_head.{k}": v for k, v in student.spatial_head.state_dict().items()}
     train_heads.update({f"pooled_head.{k}": v for k, v in student.pooled_head.state_dict().items()})
     save_file({k: v.detach().float().contiguous() for k, v in train_heads.items()}, str(tmp / "stage0_heads.safetensors"))

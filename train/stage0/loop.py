@@ -9,19 +9,18 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from vlm.eval.retrieval import RetrievalSpec, chance_recall, recall_at_k
+from vlm.eval.retrieval import RetrievalSpec, TextSide, chance_recall, recall_at_k
 
 from . import data as D
 from .config import Stage0Config
 from .export import export_tower
 from .losses import cosine_distill, info_nce, standardize
 from .model import Student, match_grid
-from .probe import per_image_targets, ridge_apply, ridge_fit
+from .probe import per_image_targets, ridge_as_linear, ridge_probe
 from .teacher import OpenNSFWTeacher, cached_teacher_features, teacher_features
-from .text_targets import load_text_llm, text_states
+from .text_targets import cached_text_states, load_text_llm, load_text_tokenizer, text_states
 
 MEAN, STD = list(OPENAI_CLIP_MEAN), list(OPENAI_CLIP_STD)
 
@@ -49,12 +48,18 @@ def lr_at(progress: float, cfg: Stage0Config, step: int) -> float:
 
 
 def prepare_data(cfg: Stage0Config, log: Logger) -> dict:
-    """Pixels, teacher features (cached), text states (cached) for train and dev."""
+    """Pixels, teacher features (cached), text states (cached) for train and dev, and the SIF token weights."""
     out = {}
     cache = Path(cfg.cache_dir) if cfg.cache_dir else None
+    splits = {split: D.load_split(cfg.data_dir, split, limit)
+              for split, limit in (("train", cfg.train_limit), ("dev", cfg.dev_limit))}
+    token_weight = None
+    if cfg.text_sif_a:
+        from vlm.eval.retrieval import sif_weights
+
+        token_weight = sif_weights(load_text_tokenizer(cfg.llm), splits["train"].flat_captions()[0], cfg.text_sif_a)
     text_llm = None
-    for split, limit in (("train", cfg.train_limit), ("dev", cfg.dev_limit)):
-        s = D.load_split(cfg.data_dir, split, limit)
+    for split, s in splits.items():
         t = time.time()
         pixels = D.load_pixels(s.images)
         log(f"{split}: {len(s)} images decoded in {time.time() - t:.1f}s")
@@ -69,57 +74,35 @@ def prepare_data(cfg: Stage0Config, log: Logger) -> dict:
             spatial, pooled = teacher_features(factory(), pixels, log=log)
         log(f"{split}: teacher features {tuple(spatial.shape)} in {time.time() - t:.1f}s")
         t = time.time()
-        states = None
-        if cache is not None:
-            states = text_states(texts, cfg.llm, cfg.text_layer, cache) if _cached(texts, cfg, cache) else None
-        if states is None:
-            if text_llm is None:
-                text_llm = load_text_llm(cfg.llm)
-            states = text_states(texts, cfg.llm, cfg.text_layer, cache, llm=text_llm)
+        if text_llm is None and not (cache and cached_text_states(texts, cfg.llm, cfg.text_layer, cache, token_weight)):
+            text_llm = load_text_llm(cfg.llm)
+        states = text_states(texts, cfg.llm, cfg.text_layer, cache, llm=text_llm, token_weight=token_weight)
         log(f"{split}: text states {tuple(states.shape)} in {time.time() - t:.1f}s")
         out[split] = dict(split=s, pixels=pixels, spatial=spatial, pooled=pooled, texts=texts, owner=owner,
                           states=states)
+    out["token_weight"] = token_weight
     return out
 
 
-def _cached(texts, cfg, cache: Path) -> bool:
-    from .text_targets import cache_key
-
-    return (cache / f"text_{cache_key(texts, cfg.llm, cfg.text_layer)}.safetensors").is_file()
-
-
 @torch.no_grad()
-def embed_dev(student: Student, pixels_uint8: torch.Tensor, size: int, bf16: bool, batch: int = 200) -> torch.Tensor:
+def pooled_features(student: Student, pixels_uint8: torch.Tensor, size: int, bf16: bool,
+                    batch: int = 200) -> torch.Tensor:
+    """The tower's pooled output (float32) for un-augmented images."""
     student.eval()
     outs = []
     for st in range(0, len(pixels_uint8), batch):
         x = D.to_student(pixels_uint8[st:st + batch].float() / 255.0, size, MEAN, STD)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            pooled = student.tower(pixel_values=x).pooler_output
-        outs.append(student.image_head(pooled.float()))
+            outs.append(student.tower(pixel_values=x).pooler_output.float())
     student.train()
     return torch.cat(outs)
 
 
 def evaluate(student: Student, dev: dict, text_unit: torch.Tensor, cfg: Stage0Config) -> dict:
-    img = embed_dev(student, dev["pixels"], cfg.tower.image_size, cfg.bf16)
+    """Dev recall with the contrastively trained image head."""
+    with torch.no_grad():
+        img = student.image_head(pooled_features(student, dev["pixels"], cfg.tower.image_size, cfg.bf16))
     return recall_at_k(img @ text_unit.t(), dev["owner"])
-
-
-def teacher_probe(data: dict, text_mean: torch.Tensor, alphas=(1.0, 10.0, 100.0, 1000.0)) -> dict:
-    """Ridge probe from frozen teacher pooled features to the text space (fit on train, select alpha on dev)."""
-    tr, dv = data["train"], data["dev"]
-    tr_unit = F.normalize(tr["states"] - text_mean, dim=-1)
-    dv_unit = F.normalize(dv["states"] - text_mean, dim=-1)
-    y = per_image_targets(tr_unit, tr["owner"], len(tr["pixels"]))
-    best = None
-    for a in alphas:
-        w, m, s = ridge_fit(tr["pooled"], y, a)
-        r = recall_at_k(ridge_apply(dv["pooled"], w, m, s) @ dv_unit.t(), dv["owner"])
-        r["alpha"] = a
-        if best is None or r["t2i_r5"] > best["t2i_r5"]:
-            best = r
-    return best
 
 
 def train(cfg: Stage0Config) -> dict:
@@ -135,15 +118,15 @@ def train(cfg: Stage0Config) -> dict:
     t_start = time.time()
     data = prepare_data(cfg, log)
     tr, dv = data["train"], data["dev"]
-    text_mean = tr["states"].mean(0)
-    tr_unit = F.normalize(tr["states"] - text_mean, dim=-1)
-    dv_unit = F.normalize(dv["states"] - text_mean, dim=-1)
+    text_side = TextSide.fit(tr["states"], cfg.text_remove_components, data["token_weight"])
+    tr_unit, dv_unit = text_side.unit(tr["states"]), text_side.unit(dv["states"])
     n_img = len(tr["pixels"])
     caps_of = [[] for _ in range(n_img)]
     for j, i in enumerate(tr["owner"]):
         caps_of[i].append(j)
+    image_targets = per_image_targets(tr_unit, tr["owner"], n_img)
 
-    probe = teacher_probe(data, text_mean)
+    probe, _ = ridge_probe(tr["pooled"], image_targets, dv["pooled"], dv_unit, dv["owner"])
     chance = chance_recall(len(dv["pixels"]), 5)
     log(f"teacher linear probe (dev): {json.dumps(probe)}", kind="probe", **probe)
     log(f"chance (dev): {json.dumps({k: round(v, 4) for k, v in chance.items()})}")
@@ -165,7 +148,7 @@ def train(cfg: Stage0Config) -> dict:
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     online_teacher = OpenNSFWTeacher(dtype=torch.bfloat16) if cfg.teacher_online else None
     spec = RetrievalSpec(text_model=cfg.llm, text_layer=cfg.text_layer, embed_dim=tr_unit.shape[1],
-                         text_mean=text_mean.tolist())
+                         text_pooling="sif" if cfg.text_sif_a else "mean")
     gen = torch.Generator().manual_seed(cfg.seed)
 
     best: dict | None = None
@@ -186,15 +169,24 @@ def train(cfg: Stage0Config) -> dict:
         t = time.time()
         r = evaluate(student, dv, dv_unit, cfg)
         spec.logit_scale = float(student.logit_scale(cfg.max_logit_scale).detach())
-        rec = {"step": step, **{k: round(v, 4) for k, v in r.items()}, "eval_s": round(time.time() - t, 1)}
+        spec.head, head_state = "contrastive", None
+        if cfg.ridge_head:  # a closed-form head on clean (un-augmented) train features
+            feats = {k: pooled_features(student, data[k]["pixels"], cfg.tower.image_size, cfg.bf16)
+                     for k in ("train", "dev")}
+            ridge, fit = ridge_probe(feats["train"], image_targets, feats["dev"], dv_unit, dv["owner"])
+            log(f"eval step {step}: ridge head {json.dumps({k: round(v, 4) for k, v in ridge.items()})}")
+            if ridge["t2i_r5"] > r["t2i_r5"]:
+                r, spec.head, head_state = ridge, "ridge", ridge_as_linear(*fit)
+        rec = {"step": step, "head": spec.head, **{k: round(v, 4) for k, v in r.items()},
+               "eval_s": round(time.time() - t, 1)}
         history.append(rec)
         log(f"eval step {step}: {json.dumps(rec)}", kind="eval", **rec)
         extra = {"config": cfg.to_dict(), "step": step, "dev": r, "teacher_probe": probe, "chance": chance}
         if best is None or r["t2i_r5"] >= best["t2i_r5"]:
-            best = {"step": step, **r}
+            best = {"step": step, "head": spec.head, **r}
             extra["best"] = best
-            export_tower(student, out_dir, spec, MEAN, STD, extra)
-            log(f"saved best tower (dev t2i R@5 {r['t2i_r5']:.4f}) to {out_dir}")
+            export_tower(student, out_dir, spec, text_side, MEAN, STD, extra, head_state=head_state)
+            log(f"saved best tower (dev t2i R@5 {r['t2i_r5']:.4f}, {spec.head} head) to {out_dir}")
 
     student.train()
     while progress() < 1.0:
@@ -242,7 +234,8 @@ def train(cfg: Stage0Config) -> dict:
             do_eval()
         if cfg.save_every and step % cfg.save_every == 0:  # latest weights, whatever their dev score
             spec.logit_scale = float(student.logit_scale(cfg.max_logit_scale).detach())
-            export_tower(student, out_dir.with_name(out_dir.name + ".last"), spec, MEAN, STD,
+            spec.head = "contrastive"
+            export_tower(student, out_dir.with_name(out_dir.name + ".last"), spec, text_side, MEAN, STD,
                          {"config": cfg.to_dict(), "step": step})
     if not history or history[-1]["step"] != step:
         do_eval()

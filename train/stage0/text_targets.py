@@ -1,4 +1,5 @@
-"""The locked text side of stage 0: the frozen LLM's mean-pooled hidden states of each caption.
+"""The locked text side of stage 0: the frozen LLM's (optionally token-weighted) mean-pooled hidden states
+of each caption.
 
 Computed once and cached to disk as safetensors, keyed by the data split, the LLM and the layer.
 Only the decoder layers that can affect ``hidden_states[layer]`` run (see ``vlm.eval.retrieval.truncated``).
@@ -13,13 +14,30 @@ import torch
 from vlm.eval.retrieval import embed_texts
 
 
-def cache_key(texts: list[str], llm_name: str, layer: int) -> str:
+def cache_key(texts: list[str], llm_name: str, layer: int, token_weight: torch.Tensor | None = None) -> str:
     h = hashlib.sha256()
     h.update(f"{llm_name}|{layer}|{len(texts)}".encode())
+    if token_weight is not None:
+        h.update(token_weight.float().numpy().tobytes())
     for t in texts:
         h.update(t.encode())
         h.update(b"\0")
     return h.hexdigest()[:16]
+
+
+def cached_text_states(texts: list[str], llm_name: str, layer: int, cache_dir: str | Path,
+                       token_weight: torch.Tensor | None = None) -> bool:
+    return (Path(cache_dir) / f"text_{cache_key(texts, llm_name, layer, token_weight)}.safetensors").is_file()
+
+
+def load_text_tokenizer(llm_name: str):
+    from transformers import AutoTokenizer
+
+    from vlm import hub
+
+    path = hub.resolve_registered_llm(llm_name) if llm_name in hub.LLM_REGISTRY else hub.resolve_local_or_hub(
+        llm_name, "LLM")
+    return AutoTokenizer.from_pretrained(str(path))
 
 
 def load_text_llm(llm_name: str):
@@ -31,17 +49,17 @@ def load_text_llm(llm_name: str):
 
 
 def text_states(texts: list[str], llm_name: str, layer: int, cache_dir: str | Path | None,
-                batch_size: int = 128, llm=None) -> torch.Tensor:
-    """float32 (len(texts), hidden) mean-pooled states, cached under ``cache_dir`` when given."""
+                batch_size: int = 128, llm=None, token_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """float32 (len(texts), hidden) pooled states, cached under ``cache_dir`` when given."""
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"text_{cache_key(texts, llm_name, layer)}.safetensors"
+        path = Path(cache_dir) / f"text_{cache_key(texts, llm_name, layer, token_weight)}.safetensors"
         if path.is_file():
             from safetensors.torch import load_file
 
             return load_file(str(path))["states"]
     model, tok = llm if llm is not None else load_text_llm(llm_name)
-    states = embed_texts(model, tok, texts, layer, batch_size=batch_size)
+    states = embed_texts(model, tok, texts, layer, batch_size=batch_size, token_weight=token_weight)
     if path is not None:
         from safetensors.torch import save_file
 

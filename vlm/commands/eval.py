@@ -139,7 +139,7 @@ def _sroie(args) -> dict:
         return ZeroShotExtractor(args.llm, dtype=_torch_dtype(args.dtype))
 
     makers = {
-        "model": System("model", model, batch_size=1, note="VLM.extract(image, fields) with the model's own OCR"),
+        "model": System("model", model, batch_size=1, note="VLM.extract(image, template='receipt') with the model's own OCR"),
         "rules": System("rules", rules, batch_size=args.batch_size, note="OCR + regex/layout rules"),
         "zero-shot": System("zero-shot", zero_shot, batch_size=args.batch_size, limit=args.zero_shot_limit,
                             note=f"OCR + {args.llm} prompted zero-shot for JSON, no image"),

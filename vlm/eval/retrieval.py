@@ -1,9 +1,10 @@
 """Image-text retrieval: recall@K, and embedding images / captions into a stage-0 retrieval space.
 
 The retrieval space (see :class:`RetrievalSpec`) is the one the stage-0 tower was trained into: an image is
-the tower's pooled output through a linear head; a caption is an LLM's mean-pooled hidden states at one layer
-(frozen, "locked" text side). Both are L2-normalised, and similarity is their dot product.
-A trained tower folder holds ``retrieval.json`` + ``retrieval_head.safetensors`` beside the tower files.
+the tower's pooled output through a linear head; a caption is an LLM's pooled hidden states at one layer
+(frozen, "locked" text side, see :class:`TextSide`). Both are L2-normalised, and similarity is their dot
+product. A trained tower folder holds ``retrieval.json``, ``retrieval_head.safetensors`` and
+``retrieval_text.safetensors`` beside the tower files.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 
 SPEC_FILE = "retrieval.json"
 HEAD_FILE = "retrieval_head.safetensors"
+TEXT_FILE = "retrieval_text.safetensors"
 
 
 def recall_at_k(sim: torch.Tensor, text_image: Sequence[int] | torch.Tensor,
@@ -90,11 +92,12 @@ def truncated(llm, layer: int):
 
 @torch.no_grad()
 def embed_texts(llm, tokenizer, texts: Sequence[str], layer: int, batch_size: int = 64,
-                dtype: torch.dtype | None = None) -> torch.Tensor:
+                dtype: torch.dtype | None = None, token_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean-pooled hidden states of ``llm`` at ``hidden_states[layer]`` over each text's tokens (no padding).
 
     ``llm`` is a causal LM (or its base model); ``layer`` indexes ``output_hidden_states`` (0 = embeddings,
-    -1 = last layer after the final norm); only the layers that can affect it run.
+    -1 = last layer after the final norm); only the layers that can affect it run. With ``token_weight``
+    (one weight per vocabulary id, e.g. :func:`sif_weights`) the mean is weighted by token.
     Returns float32 (len(texts), hidden), not normalised.
     """
     base = getattr(llm, "model", llm)
@@ -113,12 +116,77 @@ def embed_texts(llm, tokenizer, texts: Sequence[str], layer: int, batch_size: in
                 enc = {k: v.to(device) for k, v in enc.items()}
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
                     hs = base(**enc, output_hidden_states=True).hidden_states[layer]
-                mask = enc["attention_mask"].unsqueeze(-1).to(hs.dtype)
-                pooled = (hs * mask).sum(1) / mask.sum(1).clamp_min(1)
-                result[torch.tensor(idx)] = pooled.float().cpu()
+                mask = enc["attention_mask"].float()
+                if token_weight is not None:
+                    mask = mask * token_weight[enc["input_ids"].cpu()].to(mask.device)
+                mask = mask.unsqueeze(-1)
+                pooled = (hs.float() * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+                result[torch.tensor(idx)] = pooled.cpu()
     finally:
         tokenizer.padding_side = side
     return result
+
+
+def sif_weights(tokenizer, texts: Sequence[str], a: float) -> torch.Tensor:
+    """Smooth inverse frequency weights ``a / (a + p(token))`` over the vocabulary, with ``p`` counted on
+    ``texts`` (Arora et al., 2017): frequent tokens ("a", "the", "is") count little, rare content words fully."""
+    counts = torch.zeros(len(tokenizer), dtype=torch.float64)
+    for start in range(0, len(texts), 1024):
+        for ids in tokenizer(list(texts[start:start + 1024]), add_special_tokens=False)["input_ids"]:
+            counts.index_add_(0, torch.tensor(ids, dtype=torch.long), torch.ones(len(ids), dtype=torch.float64))
+    p = counts / counts.sum().clamp_min(1)
+    return (a / (a + p)).float()
+
+
+@dataclass
+class TextSide:
+    """How pooled text states become unit vectors: centre, normalise, remove the top ``components`` common
+    directions, normalise again. ``token_weight`` (optional) weights the pooling (see :func:`sif_weights`)."""
+
+    mean: torch.Tensor  # (D,)
+    components: torch.Tensor  # (k, D) orthonormal rows; k may be 0
+    token_weight: torch.Tensor | None = None  # (vocab,)
+
+    @classmethod
+    def fit(cls, states: torch.Tensor, remove_components: int = 0,
+            token_weight: torch.Tensor | None = None) -> "TextSide":
+        """Fit the centring and the common directions on (training) text states."""
+        mean = states.float().mean(0)
+        unit = F.normalize(states.float() - mean, dim=-1)
+        comps = torch.empty(0, unit.shape[1])
+        if remove_components:
+            comps = torch.linalg.svd(unit - unit.mean(0), full_matrices=False)[2][:remove_components]
+        return cls(mean, comps.contiguous(), token_weight)
+
+    def unit(self, states: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(states.float() - self.mean, dim=-1)
+        if len(self.components):
+            x = F.normalize(x - (x @ self.components.T) @ self.components, dim=-1)
+        return x
+
+    def embed(self, llm, tokenizer, texts: Sequence[str], layer: int, batch_size: int = 64) -> torch.Tensor:
+        """Unit text vectors for ``texts`` (the LLM's pooled ``hidden_states[layer]``)."""
+        return self.unit(embed_texts(llm, tokenizer, texts, layer, batch_size, token_weight=self.token_weight))
+
+    def save(self, folder: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {"mean": self.mean.float().contiguous(), "components": self.components.float().contiguous()}
+        if self.token_weight is not None:
+            tensors["token_weight"] = self.token_weight.float().contiguous()
+        save_file(tensors, str(Path(folder, TEXT_FILE)))
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, spec: "RetrievalSpec") -> "TextSide":
+        """From ``retrieval_text.safetensors``; folders without it use ``spec.text_mean`` (plain mean pooling)."""
+        path = Path(folder, TEXT_FILE)
+        if path.is_file():
+            from safetensors.torch import load_file
+
+            t = load_file(str(path))
+            return cls(t["mean"], t["components"], t.get("token_weight"))
+        mean = torch.tensor(spec.text_mean) if spec.text_mean is not None else torch.zeros(spec.embed_dim)
+        return cls(mean, torch.empty(0, spec.embed_dim))
 
 
 # ---------------------------------------------------------------------------------------------- image side
@@ -129,8 +197,10 @@ class RetrievalSpec:
     text_model: str  # registered LLM name or folder whose hidden states are the text side
     text_layer: int  # index into output_hidden_states
     embed_dim: int  # width of the shared space (the LLM hidden size)
-    text_mean: list[float] | None = None  # centering applied to text states before normalising
+    text_mean: list[float] | None = None  # older folders: centring (newer ones keep it in TEXT_FILE)
     logit_scale: float = 1.0
+    text_pooling: str = "mean"  # "mean", or "sif" (token-weighted mean; weights in TEXT_FILE)
+    head: str = "contrastive"  # how the image head was fitted: "contrastive" (trained) or "ridge"
 
     def save(self, folder: str | os.PathLike) -> None:
         Path(folder, SPEC_FILE).write_text(json.dumps(asdict(self), indent=2))
@@ -141,13 +211,6 @@ class RetrievalSpec:
         if not path.is_file():
             raise FileNotFoundError(f"{folder} has no {SPEC_FILE}: not a stage-0 tower folder with a retrieval head")
         return cls(**json.loads(path.read_text()))
-
-
-def normalize_texts(states: torch.Tensor, spec: RetrievalSpec) -> torch.Tensor:
-    """Text states -> unit vectors in the retrieval space (centred with ``spec.text_mean`` if given)."""
-    if spec.text_mean is not None:
-        states = states - torch.tensor(spec.text_mean, dtype=states.dtype)
-    return F.normalize(states.float(), dim=-1)
 
 
 class ImageHead(torch.nn.Module):
@@ -162,7 +225,7 @@ class ImageHead(torch.nn.Module):
 
 
 def load_retrieval_tower(folder: str | os.PathLike, dtype: torch.dtype = torch.float32):
-    """(tower, head, spec, preprocessing) from a stage-0 tower folder."""
+    """(tower, head, spec, preprocessing) from a stage-0 tower folder (its text side: ``TextSide.load``)."""
     from safetensors.torch import load_file
 
     from vlm.compose import load_vision

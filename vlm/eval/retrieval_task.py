@@ -26,8 +26,8 @@ def evaluate_retrieval(data, vision, out, *, limit=None, batch_size: int = 64, d
     from vlm.compose import load_llm
     from vlm.images import load_image
 
-    from .retrieval import (chance_recall, embed_pixels, embed_texts, load_retrieval_tower, normalize_texts,
-                            preprocess_images, recall_at_k)
+    from .retrieval import (TextSide, chance_recall, embed_pixels, load_retrieval_tower, preprocess_images,
+                            recall_at_k)
 
     dtype = dtype or torch.float32
     records = load_records(data, ("image", "captions"), limit)
@@ -51,8 +51,7 @@ def evaluate_retrieval(data, vision, out, *, limit=None, batch_size: int = 64, d
         texts.extend(caps)
         owner.extend([i] * len(caps))
     llm, tokenizer = load_llm(spec.text_model, dtype)
-    states = embed_texts(llm, tokenizer, texts, spec.text_layer, batch_size=max(step, 64))
-    txt = normalize_texts(states, spec)
+    txt = TextSide.load(vision, spec).embed(llm, tokenizer, texts, spec.text_layer, batch_size=max(step, 64))
     sim = images.float() @ txt.float().T
     metrics = recall_at_k(sim, owner)
     seconds = time.perf_counter() - start
@@ -66,7 +65,8 @@ def evaluate_retrieval(data, vision, out, *, limit=None, batch_size: int = 64, d
     per_image = round(len(texts) / len(records))
     systems = {
         "tower": {**metrics, "images": len(records), "texts": len(texts),
-                  "note": f"stage-0 retrieval space ({spec.text_model} layer {spec.text_layer} text side)"},
+                  "note": f"stage-0 retrieval space ({spec.text_model} layer {spec.text_layer}, "
+                          f"{spec.text_pooling} pooling; {spec.head} image head)"},
         "chance": {**chance_recall(len(records), per_image), "images": len(records), "texts": len(texts),
                    "note": f"expected recall of a random ranking ({per_image} captions per image)"},
     }

@@ -63,10 +63,11 @@ def reference(record: Record) -> dict:
     return record.data["entities"]
 
 
-def model_predictor(vlm, fields: Sequence[str] = FIELDS, **gen):
-    """The model as a system: ``VLM.extract(image, fields=...)`` per receipt."""
+def model_predictor(vlm, template: str = "receipt", **gen):
+    """The model as a system: ``VLM.extract(image, template="receipt")`` per receipt (the four SROIE fields;
+    date and total chosen among the OCR's date- and amount-shaped strings)."""
 
     def predict(batch: Sequence[Record]) -> list[dict]:
-        return [clean_prediction(vlm.extract(rec.image, fields=list(fields), **gen), fields) for rec in batch]
+        return [clean_prediction(vlm.extract(rec.image, template=template, **gen)) for rec in batch]
 
     return predict

@@ -28,6 +28,7 @@ from ..errors import InputError
 from ..messages import normalise, user_turn
 from ..ocr import OcrLine, run_ocr
 from .constrained import JsonLogitsProcessor, JsonObjectMachine, ValueRule, token_texts
+from .patterns import candidates
 from .prompts import Template, fields_prompt, format_ocr, freeform_prompt, get_template
 from .schema import DocSchema, coerce, resolve_schema, validate
 
@@ -41,11 +42,18 @@ def default_max_new_tokens(doc: DocSchema) -> int:
     return 16 + sum(8 + min(64, f.max_length // 3 + 4) for f in doc.fields)
 
 
-def _machine(doc: DocSchema, corpus: str | None) -> JsonObjectMachine:
+def _machine(doc: DocSchema, ocr_text: str | None) -> JsonObjectMachine:
+    """The decoder's acceptor; with ``ocr_text`` values are grounded in it, and pattern fields become a
+    choice among the OCR substrings matching their pattern."""
     if doc.freeform:
-        return JsonObjectMachine(None, corpus=corpus)
-    rules = [ValueRule(f.choices, f.max_length) for f in doc.fields]
-    return JsonObjectMachine(doc.names, rules, corpus=corpus)
+        return JsonObjectMachine(None, corpus=ocr_text)
+    rules = []
+    for f in doc.fields:
+        choices = f.choices
+        if choices is None and f.pattern and ocr_text is not None:
+            choices = tuple(c for c in candidates(f.pattern, ocr_text) if len(c) <= f.max_length)
+        rules.append(ValueRule(choices, f.max_length))
+    return JsonObjectMachine(doc.names, rules, corpus=ocr_text)
 
 
 def _prompt(doc: DocSchema, ocr_text: str) -> str:

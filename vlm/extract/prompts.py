@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 
 from ..ocr import OcrLine, same_row
+from .patterns import AMOUNT_PATTERN, DATE_PATTERN
 
 CELL_SEP = "\t"
 
@@ -80,6 +81,7 @@ class Template:
     descriptions: dict[str, str] = field(default_factory=dict)
     date_fields: tuple[str, ...] = ()  # returned as ISO dates (JSON Schema format: date)
     freeform: bool = False
+    patterns: dict[str, str] = field(default_factory=dict)  # field -> value pattern (see ``patterns``)
 
     def prompt(self, ocr_text: str) -> str:
         if self.freeform:
@@ -88,8 +90,10 @@ class Template:
 
 
 TEMPLATES: dict[str, Template] = {
-    # The SROIE key fields, with no descriptions: identical to fields_prompt(["company", ...]) as trained.
-    "receipt": Template("receipt", ("company", "date", "address", "total")),
+    # The SROIE key fields, with no descriptions: identical to fields_prompt(["company", ...]) as trained;
+    # date and total are chosen among the OCR's date- and amount-shaped strings.
+    "receipt": Template("receipt", ("company", "date", "address", "total"),
+                        patterns={"date": DATE_PATTERN, "total": AMOUNT_PATTERN}),
     "invoice": Template(
         "invoice",
         ("invoice_number", "invoice_date", "due_date", "seller", "buyer", "subtotal", "tax", "total", "currency"),
@@ -105,6 +109,8 @@ TEMPLATES: dict[str, Template] = {
             "currency": "currency code or symbol",
         },
         date_fields=("invoice_date", "due_date"),
+        patterns={"invoice_date": DATE_PATTERN, "due_date": DATE_PATTERN, "subtotal": AMOUNT_PATTERN,
+                  "tax": AMOUNT_PATTERN, "total": AMOUNT_PATTERN},
     ),
     "form": Template(
         "form",
@@ -118,6 +124,7 @@ TEMPLATES: dict[str, Template] = {
             "id_number": "ID, account or reference number",
             "signature_date": "date next to the signature",
         },
+        patterns={"date": DATE_PATTERN, "signature_date": DATE_PATTERN},
     ),
     "kv": Template("kv", freeform=True),
 }

@@ -2,7 +2,8 @@
 
 Supported schemas are flat objects. Each property may be:
 - ``{"type": "string"}`` (optionally ``"format": "date"`` -> ISO ``YYYY-MM-DD``, ``"maxLength"``,
-  ``"enum"`` of strings, ``"description"``);
+  ``"enum"`` of strings, ``"pattern"`` (the value is an OCR substring matching it, see ``patterns``),
+  ``"description"``);
 - ``{"type": "number"}`` / ``{"type": "integer"}`` (the amount as printed, converted: ``"RM 1,234.50"`` -> 1234.5);
 - ``{"type": "boolean"}`` (the model chooses ``true``/``false``).
 ``["string", "null"]`` types, ``anyOf`` with null (pydantic's ``Optional``) and ``$ref`` to enums are unwrapped.
@@ -45,6 +46,7 @@ class FieldSpec:
     enum: tuple[str, ...] | None = None
     max_length: int = DEFAULT_MAX_LENGTH
     description: str | None = None
+    pattern: str | None = None  # values are OCR substrings matching it (see ``patterns``)
 
     @property
     def choices(self) -> tuple[str, ...] | None:
@@ -76,7 +78,7 @@ class DocSchema:
 
 
 # -- building --------------------------------------------------------------------------------------
-def from_fields(fields, date_fields=(), descriptions=None) -> DocSchema:
+def from_fields(fields, date_fields=(), descriptions=None, patterns=None) -> DocSchema:
     if isinstance(fields, str):
         fields = [f for f in (p.strip() for p in fields.split(",")) if f]
     if not isinstance(fields, (list, tuple)) or not fields:
@@ -88,9 +90,9 @@ def from_fields(fields, date_fields=(), descriptions=None) -> DocSchema:
         if f.strip() in names:
             raise SchemaError(f"field {f.strip()!r} is listed twice")
         names.append(f.strip())
-    descriptions = descriptions or {}
-    return DocSchema([FieldSpec(n, format="date" if n in date_fields else None, description=descriptions.get(n))
-                      for n in names])
+    descriptions, patterns = descriptions or {}, patterns or {}
+    return DocSchema([FieldSpec(n, format="date" if n in date_fields else None, description=descriptions.get(n),
+                                pattern=patterns.get(n)) for n in names])
 
 
 def _resolve(prop: dict, root: dict) -> dict:
@@ -141,9 +143,18 @@ def _field_from_property(name: str, prop: Any, root: dict) -> FieldSpec:
         types = "string"
     max_length = prop.get("maxLength", DEFAULT_MAX_LENGTH)
     fmt = prop.get("format")
+    pattern = prop.get("pattern")
+    if pattern is not None and enum is None:
+        from .patterns import compile_pattern
+
+        try:
+            compile_pattern(pattern)
+        except ValueError as exc:
+            raise SchemaError(f"property {name!r}: {exc}") from None
     return FieldSpec(
         name=name, kind=types, format="date" if fmt == "date" else None, enum=enum,
         max_length=max(1, int(max_length)), description=prop.get("description"),
+        pattern=pattern if enum is None else None,
     )
 
 
@@ -196,7 +207,7 @@ def resolve_schema(fields=None, schema=None, template=None) -> DocSchema:
         t = get_template(template) if isinstance(template, str) else template
         if t.freeform:
             return DocSchema(freeform=True)
-        return from_fields(list(t.fields), t.date_fields, t.descriptions)
+        return from_fields(list(t.fields), t.date_fields, t.descriptions, t.patterns)
     if schema is not None:
         if isinstance(schema, dict):
             return from_json_schema(schema)
