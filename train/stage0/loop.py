@@ -170,6 +170,7 @@ def train(cfg: Stage0Config) -> dict:
         r = evaluate(student, dv, dv_unit, cfg)
         spec.logit_scale = float(student.logit_scale(cfg.max_logit_scale).detach())
         spec.head, head_state = "contrastive", None
+        log(f"eval step {step}: contrastive head {json.dumps({k: round(v, 4) for k, v in r.items()})}")
         if cfg.ridge_head:  # a closed-form head on clean (un-augmented) train features
             feats = {k: pooled_features(student, data[k]["pixels"], cfg.tower.image_size, cfg.bf16)
                      for k in ("train", "dev")}
