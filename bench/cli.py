@@ -6,43 +6,13 @@ import sys
 import time
 from pathlib import Path
 
+from vlm.optimize import LEVER_TOKENS
+
 HELP = "benchmark vlm against stock transformers (CPU): latency, throughput, roofline, training"
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "flickr8k"
 DEFAULT_LEVERS = "fast,default,bf16,fast+t1,pool4"
-
-_LEVER_TOKENS = "default, fast, float32, bf16, int8, eager, tN (threads), compile, reuse, poolN"
-
-
-def parse_lever(spec: str):
-    """``"int8+reuse+t1"`` -> ``InferenceOptions``. Tokens: see ``_LEVER_TOKENS``."""
-    from vlm.optimize import DEFAULT, FAST, InferenceOptions
-
-    opts = InferenceOptions()
-    for tok in filter(None, spec.strip().split("+")):
-        if tok in ("default", "fast"):
-            opts = (DEFAULT if tok == "default" else FAST).with_(threads=opts.threads)
-        elif tok in ("float32", "fp32"):
-            opts = opts.with_(dtype="float32")
-        elif tok in ("bf16", "bfloat16"):
-            opts = opts.with_(dtype="bfloat16")
-        elif tok == "int8":
-            opts = opts.with_(int8=True)
-        elif tok == "eager":
-            opts = opts.with_(attention="eager")
-        elif tok == "compile":
-            opts = opts.with_(compile=True)
-        elif tok == "reuse":
-            opts = opts.with_(reuse_vision=True)
-        elif tok.startswith("pool") and tok[4:].isdigit():
-            opts = opts.with_(image_pool=int(tok[4:]))
-        elif tok.startswith("t") and tok[1:].isdigit():
-            opts = opts.with_(threads=int(tok[1:]))
-        else:
-            raise ValueError(f"unknown lever {tok!r} in {spec!r}; use {_LEVER_TOKENS}, joined with '+'")
-    return opts
-
 
 def _int_list(text: str) -> list[int]:
     try:
@@ -62,7 +32,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Flickr8k folder with dev.jsonl")
     parser.add_argument("--sections", default="inference,training", help="comma list: inference, training")
     parser.add_argument("--levers", default=DEFAULT_LEVERS,
-                        help=f"comma list of vlm paths, the first is 'the vlm path' (tokens: {_LEVER_TOKENS}; "
+                        help=f"comma list of vlm paths, the first is 'the vlm path' (tokens: {LEVER_TOKENS}; "
                         "default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--decode-tokens", type=int, default=32)
@@ -137,7 +107,9 @@ def run(args) -> int:
     unknown = sections - {"inference", "training"}
     if unknown:
         raise ValueError(f"unknown section(s) {sorted(unknown)}; use inference, training")
-    option_sets = [parse_lever(s) for s in args.levers.split(",") if s.strip()]
+    from vlm.optimize import parse_levers
+
+    option_sets = [parse_levers(s) for s in args.levers.split(",") if s.strip()]
     if not option_sets:
         raise ValueError("--levers needs at least one path")
     if not (args.data / "dev.jsonl").exists():

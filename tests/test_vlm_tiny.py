@@ -51,3 +51,17 @@ def test_cli_defaults_to_vlm_tiny(photo):
                           "--max-new-tokens", "12", "--no-stream"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()
+
+
+def test_shipped_tower_evaluates_retrieval_by_default(data_dir, tmp_path):
+    """`vlm eval retrieval` defaults to vlm-tiny's own tower, which carries its retrieval head and text side."""
+    rows = (data_dir / "flickr8k" / "dev.jsonl").read_text().splitlines()[:20]
+    data = tmp_path / "dev20.jsonl"
+    data.write_text("\n".join(json.dumps({**json.loads(r), "image": str(data_dir / "flickr8k" / json.loads(r)["image"])})
+                              for r in rows))
+    out = subprocess.run([sys.executable, "-m", "vlm.cli", "eval", "retrieval", "--data", str(data),
+                          "--out", str(tmp_path / "r"), "--no-progress"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    tower = json.loads((tmp_path / "r" / "report.json").read_text())["systems"]["tower"]
+    assert tower["images"] == 20 and tower["texts"] == 100
+    assert tower["t2i_r5"] > 0.25  # chance is 5 / 20

@@ -82,6 +82,36 @@ DEFAULT = InferenceOptions(reuse_vision=True)
 FAST = InferenceOptions(int8=True, reuse_vision=True)
 
 
+LEVER_TOKENS = "default, fast, float32, bf16, int8, eager, tN (threads), compile, reuse, poolN"
+
+
+def parse_levers(spec: str) -> InferenceOptions:
+    """``"int8+reuse+t1"`` -> ``InferenceOptions`` (tokens: :data:`LEVER_TOKENS`, joined with ``+``)."""
+    opts = InferenceOptions()
+    for tok in filter(None, spec.strip().split("+")):
+        if tok in ("default", "fast"):
+            opts = (DEFAULT if tok == "default" else FAST).with_(threads=opts.threads)
+        elif tok in ("float32", "fp32"):
+            opts = opts.with_(dtype="float32")
+        elif tok in ("bf16", "bfloat16"):
+            opts = opts.with_(dtype="bfloat16")
+        elif tok == "int8":
+            opts = opts.with_(int8=True)
+        elif tok == "eager":
+            opts = opts.with_(attention="eager")
+        elif tok == "compile":
+            opts = opts.with_(compile=True)
+        elif tok == "reuse":
+            opts = opts.with_(reuse_vision=True)
+        elif tok.startswith("pool") and tok[4:].isdigit():
+            opts = opts.with_(image_pool=int(tok[4:]))
+        elif tok.startswith("t") and tok[1:].isdigit():
+            opts = opts.with_(threads=int(tok[1:]))
+        else:
+            raise ValueError(f"unknown lever {tok!r} in {spec!r}; use {LEVER_TOKENS}, joined with '+'")
+    return opts
+
+
 def apply(vlm, options: InferenceOptions | None = None):
     """Apply ``options`` to ``vlm`` in place and return it. Apply once, on a freshly loaded model."""
     options = options or InferenceOptions()

@@ -44,3 +44,16 @@ def resolve_model(name_or_path: str | os.PathLike, dtype: torch.dtype):
         )
     shipped = ", ".join(shipped_models()) or "none yet"
     raise ModelNotFoundError(f"model {str(name_or_path)!r} not found (tried folder {tried[0]}; shipped models: {shipped})")
+
+
+def vision_folder(name_or_path: str | os.PathLike) -> Path:
+    """The tower folder of a shipped name or a parts folder (its ``vision`` part), else the folder itself."""
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir() and str(name_or_path) in shipped_models():
+        path = ASSETS / str(name_or_path)
+    manifest = path / "vlm_parts.json"
+    if manifest.is_file():
+        import json
+
+        return path / json.loads(manifest.read_text())["vision"]
+    return path

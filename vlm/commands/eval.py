@@ -33,6 +33,8 @@ def _common(p: argparse.ArgumentParser, task: str) -> None:
 def _model_args(p: argparse.ArgumentParser, task: str) -> None:
     p.add_argument("--model", default="vlm-tiny", help="shipped name or model folder (default: vlm-tiny)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
+    p.add_argument("--levers", default=None, help="inference levers applied to the model, as in `vlm bench` "
+                   "(e.g. int8, bf16, int8+reuse); default: none")
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--systems", default=",".join(SYSTEMS[task]),
                    help=f"comma-separated systems to run (default: {','.join(SYSTEMS[task])})")
@@ -60,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("retrieval", help="image-text retrieval R@1/5/10 of a stage-0 tower vs chance")
     _common(p, "retrieval")
-    p.add_argument("--vision", required=True, help="stage-0 tower folder (with retrieval.json)")
+    p.add_argument("--vision", default="vlm-tiny", help="stage-0 tower folder (with retrieval.json), or a shipped "
+                   "model / parts folder whose tower carries one (default: %(default)s)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
 
     p = sub.add_parser("vqa", help="visual question answering accuracy vs blind-model and answer-prior baselines")
@@ -97,6 +100,10 @@ class _ModelLoader:
             from vlm import VLM
 
             self.vlm = VLM.load(self.args.model, dtype=self.args.dtype)
+            if self.args.levers:
+                from vlm.optimize import parse_levers
+
+                self.vlm.optimize(parse_levers(self.args.levers))
         return self.vlm
 
 
@@ -145,7 +152,7 @@ def _sroie(args) -> dict:
                             note=f"OCR + {args.llm} prompted zero-shot for JSON, no image"),
     }
     info = RunInfo("sroie", str(Path(args.data).resolve()), args.model,
-                   {"dtype": args.dtype, "llm": args.llm, **gen})
+                   {"dtype": args.dtype, "levers": args.levers, "llm": args.llm, **gen})
     keys = {r.id: r.data["entities"] for r in records}
     return evaluate(info, records, [makers[n] for n in names], _out(args),
                     score=lambda preds, recs: sroie.score(preds, [keys[r.id] for r in recs]),
@@ -190,7 +197,7 @@ def _captions(args) -> dict:
                                          "by the model's tower features"),
     }
     info = RunInfo("captions", str(Path(args.data).resolve()), args.model,
-                   {"dtype": args.dtype, "prompt": prompt, "nn_k": args.nn_k,
+                   {"dtype": args.dtype, "levers": args.levers, "prompt": prompt, "nn_k": args.nn_k,
                     "train": str(train_path.resolve()) if train_path else None, **gen})
     refs = {r.id: captions.reference(r) for r in records}
     return evaluate(info, records, [makers[n] for n in names], _out(args),
@@ -232,7 +239,8 @@ def _vqa(args) -> dict:
         "prior": System("prior", lambda: vqa.prior_predictor(records), batch_size=len(records),
                         note="most frequent answer of the question's type in this file (optimistic prior)"),
     }
-    info = RunInfo("vqa", str(Path(args.data).resolve()), args.model, {"dtype": args.dtype, "suffix": suffix, **gen})
+    info = RunInfo("vqa", str(Path(args.data).resolve()), args.model,
+                   {"dtype": args.dtype, "levers": args.levers, "suffix": suffix, **gen})
     answers = {r.id: r.data["answer"] for r in records}
     questions = {r.id: r.data["question"] for r in records}
     return evaluate(info, records, [makers[n] for n in names], _out(args),

@@ -29,6 +29,9 @@ def evaluate_retrieval(data, vision, out, *, limit=None, batch_size: int = 64, d
     from .retrieval import (TextSide, chance_recall, embed_pixels, load_retrieval_tower, preprocess_images,
                             recall_at_k)
 
+    from vlm.registry import vision_folder
+
+    vision = vision_folder(vision)
     dtype = dtype or torch.float32
     records = load_records(data, ("image", "captions"), limit)
     info = RunInfo("retrieval", str(Path(data).resolve()), str(Path(vision).resolve()), {"dtype": str(dtype)})
