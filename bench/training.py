@@ -1,4 +1,5 @@
-"""Training benchmark: ``train.loop.train`` (feature cache, length grouping, bf16 autocast) vs a naive loop.
+"""Training benchmark: ``train.loop.train`` (feature cache, length grouping, frozen weights in bf16 + bf16
+autocast, as the vlm-tiny recipe runs) vs a naive loop.
 
 The naive loop is what one writes first: the full llava forward with ``pixel_values`` (the frozen tower runs
 every step), batches in plain random order (no length grouping), float32, AdamW on the same trainable
@@ -75,7 +76,7 @@ def run_vlm_loop(stage: int, data: Path, model: str, vision: str | None, out: Pa
     from train.loop import train
 
     common = dict(data=str(data), model=model, out=str(out), max_steps=cfg.steps + 1, batch_size=cfg.batch_size,
-                  bf16=True, cache_dir=str(cache), seed=0, save_every=0, log_every=1)
+                  bf16=True, dtype="bfloat16", cache_dir=str(cache), seed=0, save_every=0, log_every=1)
     if stage == 1:
         tcfg = stage1_defaults(vision=vision, **common)
     else:
@@ -192,7 +193,7 @@ def run(args, base_vlm, info, log=print) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"config": cfg.__dict__, "stages": stages,
-            "note": "vlm loop = train.loop.train (feature cache, length grouping, bf16 autocast); "
+            "note": "vlm loop = train.loop.train (feature cache, length grouping, frozen weights bf16, bf16 autocast); "
                     "naive = tower every step, random order, float32"}
 
 

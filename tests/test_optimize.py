@@ -95,6 +95,23 @@ def test_image_pool_shrinks_image_tokens(tiny_vlm, photo):
         apply(twin(tiny_vlm), InferenceOptions(image_pool=5))
 
 
+def test_prefix_cache_reuses_the_system_prompt_and_keeps_answers(tiny_vlm, photo, receipt):
+    m = apply(twin(tiny_vlm), InferenceOptions(prefix_cache=True))
+    plain = apply(twin(tiny_vlm), InferenceOptions())
+    asks = [(photo, "Describe the image."), (receipt, "What is this?"), (None, "Hello there, who are you?")]
+    for image, question in asks:
+        assert m.ask(image, question, max_new_tokens=6) == plain.ask(image, question, max_new_tokens=6)
+    streamed = "".join(m.stream(photo, "Describe the image.", max_new_tokens=6)).strip()
+    assert streamed == plain.ask(photo, "Describe the image.", max_new_tokens=6)
+    cache = m.model._vlm_prefix_cache
+    assert cache.misses == 1 and cache.hits == 3  # one system-prompt prefix, reused by every later prompt
+    ids, past = cache.entry
+    assert m.model.config.image_token_id not in ids and past.get_seq_length() == len(ids)
+    # batches are left-padded, so they run without it (and still agree)
+    pairs = [(photo, "Describe the image."), (receipt, "What is this?")]
+    assert m.ask_batch(pairs, max_new_tokens=4) == plain.ask_batch(pairs, max_new_tokens=4)
+
+
 @pytest.mark.real
 def test_real_float32_path_identical_and_int8_agrees_in_shape(real_vlm, photo):
     """Real SmolLM2 weights + a real Flickr8k photo: the float32 vlm path reproduces stock greedy output."""

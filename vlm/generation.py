@@ -80,8 +80,19 @@ def _seeded(seed: int | None):
         yield
 
 
+def _with_prefix(model, batch, kwargs: dict) -> dict:
+    """Start from the prompt-prefix cache (``vlm.optimize`` lever) when one is installed and the batch is
+    a single prompt."""
+    cache = getattr(model, "_vlm_prefix_cache", None)
+    if cache is not None and batch["input_ids"].shape[0] == 1:
+        past = cache.past_for(batch["input_ids"][0])
+        if past is not None:
+            kwargs["past_key_values"] = past
+    return kwargs
+
+
 def generate(model, processor, batch, opts: GenerationOptions, cancel: threading.Event | None = None) -> list[str]:
-    kwargs = generate_kwargs(model, processor, opts)
+    kwargs = _with_prefix(model, batch, generate_kwargs(model, processor, opts))
     if cancel is not None:
         kwargs["stopping_criteria"] = StoppingCriteriaList([CancelCriteria(cancel)])
     with torch.inference_mode(), _seeded(opts.seed):
@@ -95,7 +106,7 @@ def stream(model, processor, batch, opts: GenerationOptions, cancel: threading.E
     """Yield text pieces as they are decoded. Closing the iterator (or setting ``cancel``) stops decoding."""
     cancel = cancel or threading.Event()
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = generate_kwargs(model, processor, opts)
+    kwargs = _with_prefix(model, batch, generate_kwargs(model, processor, opts))
     kwargs.update(streamer=streamer, stopping_criteria=StoppingCriteriaList([CancelCriteria(cancel)]))
     errors: list[BaseException] = []
 

@@ -14,6 +14,8 @@ Levers
 - ``compile``: static KV cache + ``torch.compile`` of the decode step inside ``generate``.
 - ``reuse_vision``: run the vision tower once per distinct image (LRU over pixel hashes), so later chat
   turns about the same image skip it.
+- ``prefix_cache``: keep the KV cache of the prompt text before its first image (system prompt and chat
+  header) and start the next single-prompt generation from a copy when its prompt begins the same way.
 - ``image_pool``: average-pool the image-token grid to ``image_pool x image_pool`` tokens (``0`` = off).
   Changes what the LLM sees: only for models trained or checked with it (report its quality cost).
 """
@@ -42,6 +44,7 @@ class InferenceOptions:
     compile: bool = False
     reuse_vision: bool = False
     vision_cache_size: int = 64
+    prefix_cache: bool = False
     image_pool: int = 0
 
     def __post_init__(self) -> None:
@@ -66,6 +69,7 @@ class InferenceOptions:
         parts += [] if self.threads is None else [f"threads={self.threads}"]
         parts += ["compile"] if self.compile else []
         parts += ["reuse_vision"] if self.reuse_vision else []
+        parts += ["prefix_cache"] if self.prefix_cache else []
         parts += [f"pool{self.image_pool}"] if self.image_pool else []
         return "+".join(parts) or "float32"
 
@@ -82,7 +86,7 @@ DEFAULT = InferenceOptions(reuse_vision=True)
 FAST = InferenceOptions(int8=True, reuse_vision=True)
 
 
-LEVER_TOKENS = "default, fast, float32, bf16, int8, eager, tN (threads), compile, reuse, poolN"
+LEVER_TOKENS = "default, fast, float32, bf16, int8, eager, tN (threads), compile, reuse, prefix, poolN"
 
 
 def parse_levers(spec: str) -> InferenceOptions:
@@ -103,6 +107,8 @@ def parse_levers(spec: str) -> InferenceOptions:
             opts = opts.with_(compile=True)
         elif tok == "reuse":
             opts = opts.with_(reuse_vision=True)
+        elif tok == "prefix":
+            opts = opts.with_(prefix_cache=True)
         elif tok.startswith("pool") and tok[4:].isdigit():
             opts = opts.with_(image_pool=int(tok[4:]))
         elif tok.startswith("t") and tok[1:].isdigit():
@@ -131,6 +137,8 @@ def apply(vlm, options: InferenceOptions | None = None):
         pool_image_tokens(vlm, options.image_pool)
     if options.reuse_vision:
         model._vlm_vision_cache = VisionFeatureCache(model.model, options.vision_cache_size)
+    if options.prefix_cache:
+        model._vlm_prefix_cache = PromptPrefixCache(model)
     model._vlm_inference_options = options
     return vlm
 
@@ -309,3 +317,46 @@ def kv_bytes_per_token(model, context: int) -> int:
     elem = torch.finfo(model.dtype).bits // 8
     return 2 * tc.num_hidden_layers * kv_heads * head_dim * context * elem
 
+
+class PromptPrefixCache:
+    """The KV cache of the last prompt's text before its first image token (for a chat template: the system
+    prompt and the user-turn header), reused by the next single-prompt generation that starts the same way.
+
+    :meth:`past_for` returns a private copy covering the longest shared prefix (at least ``min_tokens``), or
+    ``None``; ``generate`` then runs only the rest of the prompt. Image placeholder tokens are never part of
+    a prefix (their ids are the same for every image). A miss computes and stores the new prompt's prefix.
+    """
+
+    def __init__(self, model, min_tokens: int = 4):
+        self.model = model
+        self.min_tokens = min_tokens
+        self.entry: tuple[list[int], Any] | None = None  # (token ids, DynamicCache), replaced as one object
+        self.hits = 0
+        self.misses = 0
+
+    def past_for(self, input_ids: torch.Tensor):
+        import copy
+
+        ids = input_ids.tolist()
+        image = self.model.config.image_token_id
+        limit = ids.index(image) if image in ids else len(ids) - 1  # the last token must still be run
+        entry = self.entry
+        if entry is not None:
+            shared = 0
+            for a, b in zip(entry[0], ids[:limit]):
+                if a != b:
+                    break
+                shared += 1
+            if shared >= self.min_tokens:
+                self.hits += 1
+                past = copy.deepcopy(entry[1])
+                if shared < len(entry[0]):
+                    past.crop(shared)
+                return past
+        if limit < self.min_tokens:
+            return None
+        self.misses += 1
+        with torch.inference_mode():
+            out = self.model.model.language_model(input_ids=input_ids[None, :limit], use_cache=True)
+        self.entry = (ids[:limit], out.past_key_values)
+        return copy.deepcopy(out.past_key_values)
