@@ -11,6 +11,8 @@ Outputs in ``out_dir`` (``{split}`` is ``train`` and ``val``; image paths relati
   (:mod:`vlm.extract.prompts` and :mod:`vlm.ocr`), and (3) ``questions`` single-field questions
   ("What is the total?") -> the annotated value, verbatim. Questions carry the image only (as a user would
   ask in chat), no OCR text; drop ids containing ``-ask-`` to train on OCR-grounded extraction alone.
+- ``sroie_train.jsonl`` / ``sroie_val.jsonl``: each slice in the evaluation format (``id``, ``image``,
+  ``entities``), for ``vlm eval sroie --data``;
 - ``sroie_split.json``: the vendor groups and receipt ids on each side; ``sroie_summary.json``: counts,
   bad records by reason, timings.
 
@@ -246,6 +248,12 @@ def prepare_sroie(cfg: SroiePrepConfig, progress: bool = False) -> dict:
     files: dict[str, str] = {}
     ocr_seconds = 0.0
     for split, items in (("train", train), ("val", val)):
+        # the slice in the evaluation format (`vlm eval sroie --data sroie_<split>.jsonl`): image + key fields
+        eval_file = cfg.out / f"sroie_{split}.jsonl"
+        eval_rows = [{"id": r.id, "image": image_ref(r.image, cfg.out, absolute=cfg.absolute_paths),
+                      "entities": r.entities} for r in items]
+        eval_file.write_text("".join(json.dumps(row) + "\n" for row in eval_rows))
+        files[f"eval_{split}"] = str(eval_file)
         stage1, stage2 = [], []
         iterator = items
         if progress:

@@ -324,6 +324,13 @@ def test_sroie_prep_dataset_ocr(tmp_path, data_dir):
 
     ds = load_llava_dataset(out / "sroie_stage2_val.json")
     assert len(ds) == len(load_records(out / "sroie_stage2_val.json"))
+    # each slice also in the evaluation format, loadable by `vlm eval sroie`
+    from vlm.eval.records import load_records as load_eval_records
+
+    for split in ("train", "val"):
+        recs = load_eval_records(out / f"sroie_{split}.jsonl", ("image", "entities"))
+        ids = {r.split("-")[1] for r in (x["id"] for x in load_records(out / f"sroie_stage1_{split}.json"))}
+        assert {r.id for r in recs} == ids and all(r.image.is_file() for r in recs)
 
 
 def test_sroie_full_vendor_split_is_disjoint_and_near_target(data_dir):
