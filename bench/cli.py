@@ -58,7 +58,7 @@ def build_model(args):
     if args.tiny:
         return tiny_vlm(), "tiny random llama (2 layers) + tiny CLIP tower"
     if args.model:
-        return VLM.load(args.model), str(args.model)
+        return VLM.load(args.model, levers=None), str(args.model)  # the baseline is the plain model
     return VLM.build(TowerPreset().to_config(), args.llm), f"{args.llm} + fresh TowerPreset tower (112px, 49 tokens)"
 
 

@@ -39,10 +39,10 @@ def test_options_validate():
     assert InferenceOptions().label() == "float32"
 
 
-def test_apply_twice_is_refused(tiny_vlm):
-    m = apply(twin(tiny_vlm), InferenceOptions())
+def test_weight_changing_levers_are_applied_once(tiny_vlm):
+    m = apply(twin(tiny_vlm), InferenceOptions(int8=True))
     with pytest.raises(ValueError, match="already applied"):
-        apply(m, InferenceOptions(int8=True))
+        apply(m, InferenceOptions(reuse_vision=True))
 
 
 def test_int8_quantises_llm_linears_and_head(tiny_vlm, photo):
@@ -124,3 +124,24 @@ def test_real_float32_path_identical_and_int8_agrees_in_shape(real_vlm, photo):
     assert answer and answer.isprintable()
     ratio = weight_bytes_per_token(int8.model) / weight_bytes_per_token(real_vlm.model)
     assert 0.24 < ratio < 0.27
+
+
+def test_levers_compose_on_top_of_the_output_preserving_ones(tiny_vlm, photo):
+    m = apply(twin(tiny_vlm), InferenceOptions(reuse_vision=True, prefix_cache=True))  # what VLM.load applies
+    first = m.ask(photo, "What is this?", max_new_tokens=4)
+    apply(m, InferenceOptions(int8=True))  # weight-changing lever on top: caches are emptied, hooks kept
+    opts = m.model._vlm_inference_options
+    assert opts.int8 and opts.reuse_vision and opts.prefix_cache
+    assert m.model._vlm_prefix_cache.entry is None and not m.model._vlm_vision_cache.entries
+    assert isinstance(m.ask(photo, "What is this?", max_new_tokens=4), str) and first
+    with pytest.raises(ValueError, match="change the weights"):
+        apply(m, InferenceOptions(dtype="bfloat16"))
+
+
+def test_load_applies_the_default_levers(tiny_vlm, tmp_path):
+    from vlm.optimize import DEFAULT
+
+    folder = tiny_vlm.save(tmp_path / "m")
+    assert VLM.load(folder).model._vlm_inference_options == DEFAULT
+    assert getattr(VLM.load(folder, levers=None).model, "_vlm_inference_options", None) is None
+    assert VLM.load(folder, levers="int8").model._vlm_inference_options.int8

@@ -49,11 +49,21 @@ class VLM:
         return cls(model, processor, **kw)
 
     @classmethod
-    def load(cls, name_or_path: str | os.PathLike = "vlm-tiny", dtype=None, **kw) -> "VLM":
-        """Load a registered name, a saved vlm/llava folder, or an unmerged LoRA adapter folder."""
+    def load(cls, name_or_path: str | os.PathLike = "vlm-tiny", dtype=None, levers="default", **kw) -> "VLM":
+        """Load a registered name, a saved vlm/llava folder, or an unmerged LoRA adapter folder.
+
+        ``levers``: CPU inference levers applied after loading (``vlm.optimize``): ``"default"`` = the
+        output-preserving ones measured to help, a spec such as ``"int8+reuse"``, an ``InferenceOptions``,
+        or ``None`` for the plain transformers model.
+        """
         model, processor = resolve_model(name_or_path, as_dtype(dtype))
         kw.setdefault("name", str(name_or_path))
-        return cls(model, processor, **kw)
+        vlm = cls(model, processor, **kw)
+        if levers is not None:
+            from .optimize import apply, parse_levers
+
+            apply(vlm, parse_levers(levers) if isinstance(levers, str) else levers)
+        return vlm
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a plain Hugging Face llava folder (safetensors) that stock transformers loads."""

@@ -22,6 +22,7 @@ Levers
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -60,6 +61,10 @@ class InferenceOptions:
             raise ValueError(f"vision_cache_size must be >= 1, got {self.vision_cache_size}")
         if self.image_pool < 0:
             raise ValueError(f"image_pool must be >= 0 (0 = off), got {self.image_pool}")
+
+    def preserves_weights(self) -> bool:
+        """True when only output-preserving levers are set (caches, threads, attention kernel)."""
+        return self.dtype == "float32" and not (self.int8 or self.compile or self.image_pool)
 
     def label(self) -> str:
         """A short name for tables, e.g. ``int8+reuse_vision``."""
@@ -119,11 +124,17 @@ def parse_levers(spec: str) -> InferenceOptions:
 
 
 def apply(vlm, options: InferenceOptions | None = None):
-    """Apply ``options`` to ``vlm`` in place and return it. Apply once, on a freshly loaded model."""
+    """Apply ``options`` to ``vlm`` in place and return it. Weight-changing levers (dtype, int8, compile,
+    pooling) go on a model that has at most output-preserving ones (``VLM.load`` applies :data:`DEFAULT`)."""
     options = options or InferenceOptions()
     model = vlm.model
-    if getattr(model, "_vlm_inference_options", None) is not None:
-        raise ValueError("inference options were already applied to this model; load a fresh one")
+    previous = getattr(model, "_vlm_inference_options", None)
+    if previous is not None:  # levers on top of the output-preserving ones (e.g. those VLM.load applies)
+        if not previous.preserves_weights():
+            raise ValueError(f"levers that change the weights ({previous.label()}) were already applied to this "
+                             "model; load a fresh one (VLM.load(..., levers=None)) to choose others")
+        options = options.with_(reuse_vision=options.reuse_vision or previous.reuse_vision,
+                                prefix_cache=options.prefix_cache or previous.prefix_cache)
     if options.threads is not None:
         torch.set_num_threads(options.threads)
     model.set_attn_implementation(options.attention)
@@ -136,9 +147,13 @@ def apply(vlm, options: InferenceOptions | None = None):
     if options.image_pool:
         pool_image_tokens(vlm, options.image_pool)
     if options.reuse_vision:
-        model._vlm_vision_cache = VisionFeatureCache(model.model, options.vision_cache_size)
+        if getattr(model, "_vlm_vision_cache", None) is None:
+            model._vlm_vision_cache = VisionFeatureCache(model.model, options.vision_cache_size)
+        model._vlm_vision_cache.entries.clear()  # features of the model as it was before these levers
     if options.prefix_cache:
-        model._vlm_prefix_cache = PromptPrefixCache(model)
+        if getattr(model, "_vlm_prefix_cache", None) is None:
+            model._vlm_prefix_cache = PromptPrefixCache(model)
+        model._vlm_prefix_cache.entry = None
     model._vlm_inference_options = options
     return vlm
 
@@ -208,6 +223,7 @@ class VisionFeatureCache(_FeatureHook):
         super().__init__(inner)
         self.capacity = capacity
         self.entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
@@ -219,17 +235,20 @@ class VisionFeatureCache(_FeatureHook):
             return self.call_previous(pixel_values=pixel_values, image_sizes=image_sizes, **select, **kwargs)
         salt = (str(vision_feature_layer), str(vision_feature_select_strategy))
         keys = [self._key(img, salt) for img in pixel_values]
-        missing = [i for i, k in enumerate(keys) if k not in self.entries]
+        with self.lock:  # a server runs generations in several threads
+            found = {k: self.entries[k] for k in keys if k in self.entries}
+        missing = [i for i, k in enumerate(keys) if k not in found]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         result = None
         if missing:
             result = self.call_previous(pixel_values=pixel_values[missing], **select, **kwargs)
             for i, feats in zip(missing, result.pooler_output):
-                self._put(keys[i], feats)
-        features = [self.entries[k] for k in keys]
-        for k in keys:
-            self.entries.move_to_end(k)
+                found[keys[i]] = feats.detach()
+        features = [found[k] for k in keys]
+        with self.lock:
+            for k in keys:
+                self._put(k, found[k])
         if result is None:
             from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -242,6 +261,15 @@ class VisionFeatureCache(_FeatureHook):
         data = image.detach().contiguous().cpu()
         digest = hashlib.blake2b(data.view(torch.uint8).numpy().tobytes(), digest_size=16).hexdigest()
         return (digest, tuple(data.shape), str(data.dtype)) + salt
+
+    def __getstate__(self):  # copy.deepcopy of a model copies its hook; a lock can't be copied
+        state = dict(self.__dict__)
+        state.pop("lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.lock = threading.Lock()
 
     def _put(self, key: tuple, feats: torch.Tensor) -> None:
         self.entries[key] = feats.detach()
