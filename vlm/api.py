@@ -137,6 +137,7 @@ class VLM:
         return {
             "name": self.name,
             "dtype": str(self.model.dtype).replace("torch.", ""),
+            "levers": getattr(getattr(self.model, "_vlm_inference_options", None), "label", lambda: "none")(),
             "vision_tower": {
                 "type": type(inner.vision_tower).__name__,
                 "image_size": vc.image_size,

@@ -86,9 +86,9 @@ class InferenceOptions:
 
 
 # Output-preserving levers (greedy answers identical to stock float32 transformers).
-DEFAULT = InferenceOptions(reuse_vision=True)
+DEFAULT = InferenceOptions(reuse_vision=True, prefix_cache=True)
 # The fastest measured path on this CPU (bench/README.md); int8 changes answers, see the agreement column.
-FAST = InferenceOptions(int8=True, reuse_vision=True)
+FAST = InferenceOptions(int8=True, reuse_vision=True, prefix_cache=True)
 
 
 LEVER_TOKENS = "default, fast, float32, bf16, int8, eager, tN (threads), compile, reuse, prefix, poolN"
