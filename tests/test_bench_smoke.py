@@ -22,7 +22,7 @@ def test_bench_tiny_end_to_end(tmp_path, data_dir):
     assert len(files) == 1
     result = json.loads(files[0].read_text())
     inf = result["inference"]
-    assert set(inf["latency"]) == {"baseline", "int8+reuse_vision", "float32"}
+    assert set(inf["latency"]) == {"baseline", "int8+reuse_vision+prefix_cache", "float32"}
     for row in inf["latency"].values():
         assert row["ttft_s"] > 0 and row["e2e_s"] > 0
     assert set(inf["batch_images_per_s"]["baseline"]) == {"1", "2"}
@@ -30,7 +30,7 @@ def test_bench_tiny_end_to_end(tmp_path, data_dir):
     assert inf["agreement"]["float32"]["exact_agreement"] == 1.0
     # int8 weights: a quarter of the float32 bytes read per decoded token (plus the same KV cache)
     bpt = inf["bytes_per_token"]
-    assert bpt["int8+reuse_vision"] < 0.4 * bpt["baseline"]
+    assert bpt["int8+reuse_vision+prefix_cache"] < 0.4 * bpt["baseline"]
     assert result["machine"]["copy_bandwidth_gbs"] > 0 and result["machine"]["bf16_matmul_tflops"] > 0
     stages = result["training"]["stages"]
     assert set(stages) == {"stage1", "stage2"}
