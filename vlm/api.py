@@ -130,6 +130,7 @@ class VLM:
         cfg = self.model.config
         vc, tc = cfg.vision_config, cfg.text_config
         inner = self.model.model
+        levers = getattr(self.model, "_vlm_inference_options", None)
 
         def count(module) -> int:
             return sum(p.numel() for p in module.parameters())
@@ -137,7 +138,7 @@ class VLM:
         return {
             "name": self.name,
             "dtype": str(self.model.dtype).replace("torch.", ""),
-            "levers": getattr(getattr(self.model, "_vlm_inference_options", None), "label", lambda: "none")(),
+            "levers": levers.label() if levers is not None else "none",
             "vision_tower": {
                 "type": type(inner.vision_tower).__name__,
                 "image_size": vc.image_size,

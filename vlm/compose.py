@@ -27,20 +27,15 @@ from .processor import build_processor, ensure_image_token, image_token_count
 
 def load_llm(llm: str | os.PathLike, dtype: torch.dtype = torch.float32):
     """(model, tokenizer) for a registered name, a local folder or a hub id the user has cached."""
-    tried = []
-    if str(llm) in hub.LLM_REGISTRY:
-        path = str(hub.resolve_registered_llm(str(llm)))
-        tried.append(f"registered name -> {path}")
-    else:
-        path = hub.resolve_local_or_hub(llm, "LLM")
-        tried.append(f"path or hub id {path!r}")
+    path = hub.resolve_llm(llm)
+    tried = f"registered name -> {path}" if str(llm) in hub.LLM_REGISTRY else f"path or hub id {path!r}"
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
         known = ", ".join(sorted(hub.LLM_REGISTRY))
         raise ModelNotFoundError(
-            f"could not load LLM {str(llm)!r} (tried: {'; '.join(tried)}; registered names: {known}): {exc}"
+            f"could not load LLM {str(llm)!r} (tried: {tried}; registered names: {known}): {exc}"
         ) from None
     return model, tokenizer
 

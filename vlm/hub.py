@@ -97,6 +97,14 @@ def resolve_registered_llm(name: str) -> Path:
     return target
 
 
+def resolve_llm(name_or_path: str | os.PathLike) -> str:
+    """An LLM's folder: a registered name is fetched and converted into the cache; anything else is a local
+    folder or a hub id (see :func:`resolve_local_or_hub`)."""
+    if str(name_or_path) in LLM_REGISTRY:
+        return str(resolve_registered_llm(str(name_or_path)))
+    return resolve_local_or_hub(name_or_path, "LLM")
+
+
 def resolve_local_or_hub(name_or_path: str | os.PathLike, kind: str) -> str:
     """A local folder path, or the id itself when it may be a hub id the user has cached."""
     path = Path(name_or_path).expanduser()

@@ -1,6 +1,7 @@
 """The stage-0 training loop: distil the teacher and align to the locked caption states, select on dev."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -20,7 +21,7 @@ from .losses import cosine_distill, info_nce, standardize
 from .model import Student, match_grid
 from .probe import per_image_targets, ridge_as_linear, ridge_probe
 from .teacher import OpenNSFWTeacher, cached_teacher_features, teacher_features
-from .text_targets import cached_text_states, load_text_llm, load_text_tokenizer, text_states
+from .text_targets import load_text_llm, load_text_tokenizer, text_states
 
 MEAN, STD = list(OPENAI_CLIP_MEAN), list(OPENAI_CLIP_STD)
 
@@ -58,7 +59,7 @@ def prepare_data(cfg: Stage0Config, log: Logger) -> dict:
         from vlm.eval.retrieval import sif_weights
 
         token_weight = sif_weights(load_text_tokenizer(cfg.llm), splits["train"].flat_captions()[0], cfg.text_sif_a)
-    text_llm = None
+    text_llm = functools.cache(lambda: load_text_llm(cfg.llm))  # loaded once, and only on a cache miss
     for split, s in splits.items():
         t = time.time()
         pixels = D.load_pixels(s.images)
@@ -74,8 +75,6 @@ def prepare_data(cfg: Stage0Config, log: Logger) -> dict:
             spatial, pooled = teacher_features(factory(), pixels, log=log)
         log(f"{split}: teacher features {tuple(spatial.shape)} in {time.time() - t:.1f}s")
         t = time.time()
-        if text_llm is None and not (cache and cached_text_states(texts, cfg.llm, cfg.text_layer, cache, token_weight)):
-            text_llm = load_text_llm(cfg.llm)
         states = text_states(texts, cfg.llm, cfg.text_layer, cache, llm=text_llm, token_weight=token_weight)
         log(f"{split}: text states {tuple(states.shape)} in {time.time() - t:.1f}s")
         out[split] = dict(split=s, pixels=pixels, spatial=spatial, pooled=pooled, texts=texts, owner=owner,
@@ -98,11 +97,11 @@ def pooled_features(student: Student, pixels_uint8: torch.Tensor, size: int, bf1
     return torch.cat(outs)
 
 
-def evaluate(student: Student, dev: dict, text_unit: torch.Tensor, cfg: Stage0Config) -> dict:
-    """Dev recall with the contrastively trained image head."""
+def evaluate(student: Student, dev_pooled: torch.Tensor, text_unit: torch.Tensor, dev_owner: list[int]) -> dict:
+    """Dev recall with the contrastively trained image head, from the tower's pooled dev features."""
     with torch.no_grad():
-        img = student.image_head(pooled_features(student, dev["pixels"], cfg.tower.image_size, cfg.bf16))
-    return recall_at_k(img @ text_unit.t(), dev["owner"])
+        img = student.image_head(dev_pooled)
+    return recall_at_k(img @ text_unit.t(), dev_owner)
 
 
 def train(cfg: Stage0Config) -> dict:
@@ -167,14 +166,14 @@ def train(cfg: Stage0Config) -> dict:
     def do_eval():
         nonlocal best
         t = time.time()
-        r = evaluate(student, dv, dv_unit, cfg)
+        dev_pooled = pooled_features(student, dv["pixels"], cfg.tower.image_size, cfg.bf16)
+        r = evaluate(student, dev_pooled, dv_unit, dv["owner"])
         spec.logit_scale = float(student.logit_scale(cfg.max_logit_scale).detach())
         spec.head, head_state = "contrastive", None
         log(f"eval step {step}: contrastive head {json.dumps({k: round(v, 4) for k, v in r.items()})}")
         if cfg.ridge_head:  # a closed-form head on clean (un-augmented) train features
-            feats = {k: pooled_features(student, data[k]["pixels"], cfg.tower.image_size, cfg.bf16)
-                     for k in ("train", "dev")}
-            ridge, fit = ridge_probe(feats["train"], image_targets, feats["dev"], dv_unit, dv["owner"])
+            train_pooled = pooled_features(student, tr["pixels"], cfg.tower.image_size, cfg.bf16)
+            ridge, fit = ridge_probe(train_pooled, image_targets, dev_pooled, dv_unit, dv["owner"])
             log(f"eval step {step}: ridge head {json.dumps({k: round(v, 4) for k, v in ridge.items()})}")
             if ridge["t2i_r5"] > r["t2i_r5"]:
                 r, spec.head, head_state = ridge, "ridge", ridge_as_linear(*fit)

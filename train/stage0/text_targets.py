@@ -25,19 +25,12 @@ def cache_key(texts: list[str], llm_name: str, layer: int, token_weight: torch.T
     return h.hexdigest()[:16]
 
 
-def cached_text_states(texts: list[str], llm_name: str, layer: int, cache_dir: str | Path,
-                       token_weight: torch.Tensor | None = None) -> bool:
-    return (Path(cache_dir) / f"text_{cache_key(texts, llm_name, layer, token_weight)}.safetensors").is_file()
-
-
 def load_text_tokenizer(llm_name: str):
     from transformers import AutoTokenizer
 
     from vlm import hub
 
-    path = hub.resolve_registered_llm(llm_name) if llm_name in hub.LLM_REGISTRY else hub.resolve_local_or_hub(
-        llm_name, "LLM")
-    return AutoTokenizer.from_pretrained(str(path))
+    return AutoTokenizer.from_pretrained(hub.resolve_llm(llm_name))
 
 
 def load_text_llm(llm_name: str):
@@ -50,7 +43,10 @@ def load_text_llm(llm_name: str):
 
 def text_states(texts: list[str], llm_name: str, layer: int, cache_dir: str | Path | None,
                 batch_size: int = 128, llm=None, token_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """float32 (len(texts), hidden) pooled states, cached under ``cache_dir`` when given."""
+    """float32 (len(texts), hidden) pooled states, cached under ``cache_dir`` when given.
+
+    ``llm``: a callable returning ``(model, tokenizer)``, called only when the states are not cached
+    (default: :func:`load_text_llm`)."""
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / f"text_{cache_key(texts, llm_name, layer, token_weight)}.safetensors"
@@ -58,7 +54,7 @@ def text_states(texts: list[str], llm_name: str, layer: int, cache_dir: str | Pa
             from safetensors.torch import load_file
 
             return load_file(str(path))["states"]
-    model, tok = llm if llm is not None else load_text_llm(llm_name)
+    model, tok = llm() if llm is not None else load_text_llm(llm_name)
     states = embed_texts(model, tok, texts, layer, batch_size=batch_size, token_weight=token_weight)
     if path is not None:
         from safetensors.torch import save_file

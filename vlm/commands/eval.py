@@ -99,11 +99,8 @@ class _ModelLoader:
         if self.vlm is None:
             from vlm import VLM
 
-            self.vlm = VLM.load(self.args.model, dtype=self.args.dtype)
-            if self.args.levers:
-                from vlm.optimize import parse_levers
-
-                self.vlm.optimize(parse_levers(self.args.levers))
+            levers = f"default+{self.args.levers}" if self.args.levers else "default"
+            self.vlm = VLM.load(self.args.model, dtype=self.args.dtype, levers=levers)
         return self.vlm
 
 
