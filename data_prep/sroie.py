@@ -59,6 +59,7 @@ class SroiePrepConfig:
     val_fraction: float = 0.15
     max_val_group: int = 12  # bigger vendor groups always stay in train
     questions: int = 2  # single-field questions per receipt
+    swaps: int = 0  # vendor-swapped extraction records per train receipt (see data_prep.vendor_swap)
     absolute_paths: bool = False
     decode_images: bool = True
     strict: bool = False
@@ -73,6 +74,8 @@ class SroiePrepConfig:
             raise ValueError(f"limit must be at least 1, got {self.limit}")
         if not 0 <= self.questions <= len(FIELDS):
             raise ValueError(f"questions must be 0..{len(FIELDS)}, got {self.questions}")
+        if self.swaps < 0:
+            raise ValueError(f"swaps must be >= 0, got {self.swaps}")
 
 
 @dataclass
@@ -195,6 +198,34 @@ def stage1_record(receipt: Receipt, image: str, text: str, seed: int) -> dict:
     }
 
 
+def extraction_record(record_id: str, image: str, ocr_text: str, entities: dict, fields: list[str]) -> dict:
+    """One extraction example: the inference prompt for ``fields`` over ``ocr_text`` -> their JSON."""
+    from vlm.extract.prompts import fields_answer, fields_prompt
+
+    return {
+        "id": record_id,
+        "image": image,
+        "conversations": [
+            {"from": "human", "value": IMG + fields_prompt(fields, ocr_text)},
+            {"from": "gpt", "value": fields_answer(entities, fields)},
+        ],
+    }
+
+
+def swapped_records(items: list[tuple[Receipt, str, str]], per_receipt: int, seed: int) -> list[dict]:
+    """Vendor-swapped four-field extraction records for ``(receipt, image, ocr_text)`` items."""
+    from .vendor_swap import swap_fields, swap_pairs
+
+    out = []
+    for i, j in swap_pairs([vendor_key(r.entities.get("company", "")) for r, _, _ in items], per_receipt, seed):
+        (receipt, image, text), (donor, _, donor_text) = items[i], items[j]
+        swapped = swap_fields(text, receipt.entities, donor_text, donor.entities)
+        if swapped is not None:
+            out.append(extraction_record(f"sroie-{receipt.id}-swap-{donor.id}", image, swapped[0], swapped[1],
+                                         list(FIELDS)))
+    return out
+
+
 def stage2_records(receipt: Receipt, image: str, ocr_text: str, seed: int, questions: int) -> list[dict]:
     """Extraction records (all four fields; a random subset) and single-field questions for one receipt.
 
@@ -202,22 +233,10 @@ def stage2_records(receipt: Receipt, image: str, ocr_text: str, seed: int, quest
     annotators left empty (one receipt has no printed address) is answered ``null``. Questions are only
     asked about annotated fields.
     """
-    from vlm.extract.prompts import fields_answer, fields_prompt
-
     rng = rng_for(seed, receipt.id, "extract")
     subset = rng.sample(FIELDS, rng.randint(1, len(FIELDS) - 1))
-
-    def extraction(name: str, fields: list[str]) -> dict:
-        return {
-            "id": f"sroie-{receipt.id}-{name}",
-            "image": image,
-            "conversations": [
-                {"from": "human", "value": IMG + fields_prompt(fields, ocr_text)},
-                {"from": "gpt", "value": fields_answer(receipt.entities, fields)},
-            ],
-        }
-
-    out = [extraction("fields", list(FIELDS)), extraction("subset", subset)]
+    out = [extraction_record(f"sroie-{receipt.id}-{name}", image, ocr_text, receipt.entities, fields)
+           for name, fields in (("fields", list(FIELDS)), ("subset", subset))]
     present = [f for f in FIELDS if f in receipt.entities]
     for f in rng.sample(present, min(questions, len(present))):
         out.append(
@@ -255,6 +274,7 @@ def prepare_sroie(cfg: SroiePrepConfig, progress: bool = False) -> dict:
         eval_file.write_text("".join(json.dumps(row) + "\n" for row in eval_rows))
         files[f"eval_{split}"] = str(eval_file)
         stage1, stage2 = [], []
+        extracted: list[tuple[Receipt, str, str]] = []
         iterator = items
         if progress:
             from tqdm import tqdm
@@ -276,6 +296,9 @@ def prepare_sroie(cfg: SroiePrepConfig, progress: bool = False) -> dict:
             finally:
                 ocr_seconds += time.perf_counter() - t
             stage2.extend(stage2_records(receipt, image, ocr_text, cfg.seed, cfg.questions))
+            extracted.append((receipt, image, ocr_text))
+        if split == "train" and cfg.swaps:
+            stage2.extend(swapped_records(extracted, cfg.swaps, cfg.seed))
         for stage, records in (("stage1", stage1), ("stage2", stage2)):
             name = f"sroie_{stage}_{split}.json"
             good = []
@@ -291,7 +314,7 @@ def prepare_sroie(cfg: SroiePrepConfig, progress: bool = False) -> dict:
         "source": str(cfg.src),
         "out": str(cfg.out),
         "config": {"ocr": cfg.ocr, "seed": cfg.seed, "limit": cfg.limit, "val_fraction": cfg.val_fraction,
-                   "max_val_group": cfg.max_val_group, "questions": cfg.questions,
+                   "max_val_group": cfg.max_val_group, "questions": cfg.questions, "swaps": cfg.swaps,
                    "absolute_paths": cfg.absolute_paths},
         "receipts": {"train": len(train), "val": len(val)},
         "vendor_groups": {"train": len(split_info["train_groups"]), "val": len(split_info["val_groups"])},

@@ -152,7 +152,8 @@ class Engine:
 
     # -- preparing -------------------------------------------------------------------------------
     def prepare_chat(self, messages: list[dict], *, max_tokens: int | None = None, temperature: float | None = None,
-                     top_p: float | None = None, seed: int | None = None, stop: list[str] | None = None) -> Prepared:
+                     top_p: float | None = None, seed: int | None = None, stop: list[str] | None = None,
+                     repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None) -> Prepared:
         """Load and screen the images, build the prompt and settle the answer budget."""
         model, processor = self.vlm.model, self.vlm.processor
         try:
@@ -185,7 +186,9 @@ class Engine:
             )
         try:
             opts = GenerationOptions(max_new_tokens=max_tokens, temperature=0.0 if temperature is None else temperature,
-                                     top_p=1.0 if top_p is None else top_p, seed=seed, stop=list(stop or []))
+                                     top_p=1.0 if top_p is None else top_p, seed=seed, stop=list(stop or []),
+                                     repetition_penalty=1.0 if repetition_penalty is None else repetition_penalty,
+                                     no_repeat_ngram_size=no_repeat_ngram_size or 0)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         return Prepared(batch=batch, options=opts, prompt_tokens=prompt_tokens, images=len(images))

@@ -138,7 +138,8 @@ class OpenAIRoutes:
         messages = await run_in_threadpool(self.to_vlm_messages, req)
         prepared = await run_in_threadpool(
             self.engine.prepare_chat, messages, max_tokens=req.answer_budget, temperature=req.temperature,
-            top_p=req.top_p, seed=req.seed, stop=stops,
+            top_p=req.top_p, seed=req.seed, stop=stops, repetition_penalty=req.repetition_penalty,
+            no_repeat_ngram_size=req.no_repeat_ngram_size,
         )
         job = self.engine.submit_chat(prepared, loop=asyncio.get_running_loop())
         cid = f"chatcmpl-{uuid.uuid4().hex}"

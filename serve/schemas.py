@@ -49,6 +49,9 @@ class ChatCompletionRequest(_Lenient):
     top_p: float | None = Field(default=None, gt=0, le=1)
     stop: Union[str, list[str], None] = None
     seed: int | None = None
+    # extensions (as in vLLM's server; the openai client sends them with extra_body=...)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=2)
+    no_repeat_ngram_size: int | None = Field(default=None, ge=0, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1)

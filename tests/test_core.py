@@ -89,6 +89,23 @@ def test_stop_strings_and_seed(tiny_vlm, photo):
     assert a == b
 
 
+def test_repetition_options(tiny_vlm, photo):
+    from vlm.config import GenerationOptions
+    from vlm.generation import AnswerNoRepeatNGram
+
+    for bad in (dict(repetition_penalty=0), dict(no_repeat_ngram_size=-1)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            GenerationOptions(**bad)
+    # the ban looks at the answer only: prompt tokens 5 5 never ban anything
+    ban = AnswerNoRepeatNGram(2, prompt_length=2)
+    scores = ban(torch.tensor([[5, 5, 7, 8, 7], [5, 5, 7, 8, 9]]), torch.zeros(2, 10))
+    assert torch.isinf(scores[0, 8]) and torch.isinf(scores[0]).sum() == 1  # "7 8" seen; after 7, 8 is banned
+    assert not torch.isinf(scores[1]).any()
+    # through ask and stream (the real model's test shows the effect on an answer that repeats itself)
+    text = tiny_vlm.ask(photo, "Describe.", max_new_tokens=40, no_repeat_ngram_size=1)
+    assert "".join(tiny_vlm.stream(photo, "Describe.", max_new_tokens=40, no_repeat_ngram_size=1)).strip() == text
+
+
 def test_multi_turn_chat_keeps_history(tiny_vlm, photo):
     messages = [
         {"role": "user", "content": [{"type": "image", "image": photo}, {"type": "text", "text": "What is this?"}]},
@@ -205,6 +222,17 @@ def test_real_smollm2_gguf_loads_and_answers(real_vlm):
     assert info["llm"]["layers"] == 30 and info["llm"]["hidden_size"] == 576
     assert "paris" in real_vlm.ask(None, "What is the capital of France? Answer in one word.",
                                    max_new_tokens=10).lower()
+
+
+@pytest.mark.real
+def test_real_no_repeat_ngram_within_the_answer(real_vlm):
+    question = "List the word 'cat' ten times, separated by spaces."
+    plain = real_vlm.ask(None, question, max_new_tokens=30)
+    assert plain.lower().count("cat") >= 3
+    ids = real_vlm.processor.tokenizer(real_vlm.ask(None, question, max_new_tokens=30, no_repeat_ngram_size=2),
+                                       add_special_tokens=False)["input_ids"]
+    pairs = list(zip(ids, ids[1:]))
+    assert ids and len(set(pairs)) == len(pairs)
 
 
 @pytest.mark.real

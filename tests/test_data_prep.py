@@ -333,6 +333,49 @@ def test_sroie_prep_dataset_ocr(tmp_path, data_dir):
         assert {r.id for r in recs} == ids and all(r.image.is_file() for r in recs)
 
 
+def test_find_span_and_swap_fields():
+    from data_prep.vendor_swap import find_span, swap_fields, swap_pairs
+
+    text = "Ace Mart\n(123-X)\nNO.1, JALAN SATU,\n81100 JOHOR\nDate:\t01/02/2018\nTOTAL\t9.00"
+    entities = {"company": "ACE MART", "address": "NO.1, JALAN SATU, 81100 JOHOR", "date": "01/02/2018",
+                "total": "9.00"}
+    assert find_span(text, "ace  mart") == (0, 8) and find_span(text, "NO.1, JALAN SATU, 81100 JOHOR") is not None
+    assert find_span(text, "BEST MART") is None and find_span(text, "") is None
+    donor = "BEST MART SDN BHD\nLOT 5, JALAN DUA,\n50000 KL\nTOTAL\t3.00"
+    donor_entities = {"company": "BEST MART SDN BHD", "address": "LOT 5, JALAN DUA, 50000 KL", "total": "3.00"}
+    new_text, new_entities = swap_fields(text, entities, donor, donor_entities)
+    assert new_text == "BEST MART SDN BHD\n(123-X)\nLOT 5, JALAN DUA,\n50000 KL\nDate:\t01/02/2018\nTOTAL\t9.00"
+    assert new_entities == {**entities, "company": "BEST MART SDN BHD", "address": "LOT 5, JALAN DUA, 50000 KL"}
+    assert swap_fields(text, entities, "nothing here", donor_entities) is None
+    pairs = swap_pairs(["A", "A", "B", "C"], 2, seed=0)
+    assert len(pairs) == 8 and all(i != j and not {i, j} <= {0, 1} for i, j in pairs)
+
+
+def test_sroie_prep_vendor_swaps(tmp_path, data_dir):
+    from data_prep.vendor_swap import find_span
+
+    out = tmp_path / "sroie"
+    args = ["sroie", "--src", str(data_dir / "sroie"), "--out", str(out), "--ocr", "dataset", "--limit", "40",
+            "--questions", "0", "--swaps", "1", "--quiet"]
+    assert vlm_prep(args) == 0
+    rows = _sroie_rows(data_dir)
+    train = load_records(out / "sroie_stage2_train.json")
+    swaps = [r for r in train if "-swap-" in r["id"]]
+    assert swaps and not [r for r in load_records(out / "sroie_stage2_val.json") if "-swap-" in r["id"]]
+    changed = 0
+    for r in swaps:
+        assert validate_record(r, out) is None
+        rid, donor = r["id"].split("-")[1], r["id"].split("-swap-")[1]
+        answer, own, theirs = json.loads(_gpt(r)), rows[rid]["entities"], rows[donor]["entities"]
+        assert (answer["date"], answer["total"]) == (own.get("date") or None, own.get("total") or None)
+        for f in ("company", "address"):
+            if answer[f] != own.get(f):
+                changed += 1
+                assert answer[f] == theirs[f] and find_span(_human(r), theirs[f]) is not None
+                assert find_span(_human(r), own[f]) is None
+    assert changed >= len(swaps)
+
+
 def test_sroie_full_vendor_split_is_disjoint_and_near_target(data_dir):
     from data_prep.records import ImageChecker
     from data_prep.sroie import load_receipts, split_vendors, vendor_key

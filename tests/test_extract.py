@@ -72,6 +72,20 @@ def test_machine_rejects_invented_values_and_completes_to_null():
     assert no_text.values(no_text.feed(no_text.start(), '{"company": null}')) == {"company": None}
 
 
+def test_grounded_values_never_cut_a_word_or_a_number():
+    m = JsonObjectMachine(["address", "total"], corpus="109, SS21/1A, DAMANSARA UTAMA\nTOTAL\tRM12.00")
+    start = m.feed(m.start(), '{"address": "')
+    assert m.feed(start, 'DAMANSA"') is None  # ends inside a word
+    assert m.feed(start, "AMANSARA") is None  # starts inside a word
+    assert m.feed(start, 'UTAMA TOTAL RM1') is not None  # runs across rows; may still grow to "RM12.00"
+    assert m.feed(start, 'UTAMA TOTAL RM1"') is None  # ends inside a number
+    done = m.feed(start, 'damansara utama", "total": "12.00"}')  # case-insensitive; letters|digits is a cut
+    assert m.values(done) == {"address": "damansara utama", "total": "12.00"}
+    assert m.feed(start, '109, SS21/1A"') is not None
+    capped = JsonObjectMachine(["a"], [ValueRule(max_length=4)], corpus="DAMANSARA")
+    assert capped.is_done(capped.feed(capped.start(), '{"a": "DAMA"}'))  # the length cap may cut: no dead end
+
+
 def test_freeform_machine():
     m = JsonObjectMachine(None, corpus="Name: John Smith\nPhone: 555 0101")
     state = m.feed(m.start(), '{"Name": "John Smith", "Phone": "555 0101", "Fax": null}')

@@ -125,3 +125,30 @@ def test_ridge_head_folds_into_a_linear_layer():
     head.load_state_dict(ridge_as_linear(w, m, s))
     with torch.no_grad():
         assert torch.allclose(head(x), ridge_apply(x, w, m, s), atol=1e-5)
+
+
+def test_cca_head_finds_the_shared_signal_and_folds_into_the_text_side(tmp_path):
+    from train.stage0.probe import cca_as_linear, cca_fit
+    from vlm.eval.retrieval import ImageHead, RetrievalSpec, TextSide, recall_at_k
+
+    g = torch.Generator().manual_seed(0)
+    latent = torch.randn(400, 4, generator=g)
+    x = latent @ torch.randn(4, 10, generator=g) + 0.3 * torch.randn(400, 10, generator=g)
+    states = latent @ torch.randn(4, 16, generator=g) + 0.3 * torch.randn(400, 16, generator=g) + 2.0
+    side = TextSide.fit(states)
+    units = side.unit(states)
+    fit = cca_fit(x[:300], units[:300], 1e-3, 1e-3, dims=4)
+    assert fit.correlations.shape == (4,) and fit.correlations.min() > 0.8  # the 4 shared directions
+    weak = cca_fit(torch.randn(300, 10, generator=g), units[:300], 1e-3, 1e-3, dims=4)
+    assert weak.correlations.max() < 0.4  # unrelated features: no shared direction
+    head = ImageHead(10, 4)
+    head.load_state_dict(cca_as_linear(fit))
+    projected = side.with_projection(fit.y_mean, fit.y_proj)
+    with torch.no_grad():
+        assert torch.allclose(head(x), fit.images(x), atol=1e-5)
+    assert torch.allclose(projected.unit(states), fit.texts(units), atol=1e-5) and projected.dim == 4
+    held_out = recall_at_k(head(x[300:]).detach() @ projected.unit(states[300:]).T, list(range(100)), ks=(5,))
+    assert held_out["t2i_r5"] > 0.5  # chance is 0.05
+    projected.save(tmp_path)
+    again = TextSide.load(tmp_path, RetrievalSpec("x", 0, 4))
+    assert torch.equal(again.unit(states), projected.unit(states))

@@ -55,6 +55,12 @@ def test_parse_chat_request_names_the_field():
     both = parse_chat_request(b'{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5,'
                               b'"max_completion_tokens":7}')
     assert both.answer_budget == 7
+    ext = parse_chat_request(b'{"model":"m","messages":[{"role":"user","content":"hi"}],"repetition_penalty":1.1,'
+                             b'"no_repeat_ngram_size":3}')
+    assert (ext.repetition_penalty, ext.no_repeat_ngram_size) == (1.1, 3)
+    with pytest.raises(BadRequest) as e:
+        parse_chat_request(b'{"model":"m","messages":[{"role":"user","content":"hi"}],"no_repeat_ngram_size":-1}')
+    assert e.value.param == "no_repeat_ngram_size"
     with pytest.raises(BadRequest, match="not valid JSON"):
         parse_chat_request(b"{")
     with pytest.raises(BadRequest) as e:

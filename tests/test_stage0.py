@@ -174,15 +174,16 @@ def test_few_steps_on_real_images_lower_the_loss_and_export_a_tower(tmp_path, ti
     assert vlm.model.config.image_seq_length == 16
 
     tower, head, spec, prep = load_retrieval_tower(out)
-    assert spec.text_layer == cfg.text_layer and spec.embed_dim == 576
-    assert spec.text_pooling == "sif" and spec.head in ("ridge", "contrastive")
     side = TextSide.load(out, spec)
+    assert spec.text_layer == cfg.text_layer and spec.embed_dim == side.dim
+    assert spec.text_pooling == "sif" and spec.head in ("ridge", "contrastive", "cca")
     assert side.token_weight is not None and side.components.shape == (cfg.text_remove_components, 576)
+    assert (side.projection is not None) == (spec.head == "cca")
     recs = [json.loads(x) for x in (data_dir / "flickr8k" / "dev.jsonl").read_text().splitlines()[:4]]
     images = [Image.open(data_dir / "flickr8k" / r["image"]) for r in recs]
     pixels = preprocess_images(images, tower.config.image_size, prep.get("image_mean"), prep.get("image_std"))
     emb = embed_pixels(tower, head, pixels)
-    assert emb.shape == (4, 576)
+    assert emb.shape == (4, spec.embed_dim)
     assert torch.allclose(emb.norm(dim=-1), torch.ones(4), atol=1e-4)
     r = recall_at_k(torch.randn(4, 20), torch.arange(4).repeat_interleave(5), ks=(1, 4))
     assert r["t2i_r4"] == 1.0
@@ -207,3 +208,32 @@ def test_truncated_llm_gives_the_same_hidden_states(smollm2_dir):
     assert len(model.model.layers) == 30 and tok.padding_side == side
     assert torch.allclose(part[0], full[0], atol=2e-2, rtol=2e-2)
     assert part.shape == (2, 576)
+
+
+def test_fit_heads_on_a_clip_checkpoint_and_on_a_stage0_tower(tmp_path, data_dir):
+    """`vlm train heads` gives a plain CLIP vision checkpoint (no retrieval files) a retrieval space, and
+    refits a tower that has one; `vlm eval retrieval` then reads either folder."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from train.stage0.heads import fit_heads
+    from vlm.eval.retrieval import TextSide, load_retrieval_tower
+    from vlm.eval.retrieval_task import evaluate_retrieval
+
+    clip = tmp_path / "clip"
+    torch.manual_seed(0)
+    CLIPVisionModel(CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                                     num_hidden_layers=2, num_attention_heads=2)).save_pretrained(clip)
+    flickr = data_dir / "flickr8k"
+    first = fit_heads(str(clip), str(flickr), str(tmp_path / "with-heads"), limit=40, cache_dir=str(tmp_path / "c"),
+                      log=lambda *_: None)
+    assert first["chosen"] in ("ridge", "cca") and set(first["candidates"]) == {"ridge", "cca"}
+    tower, head, spec, _ = load_retrieval_tower(tmp_path / "with-heads")
+    side = TextSide.load(tmp_path / "with-heads", spec)
+    assert spec.head == first["chosen"] and head.proj.out_features == spec.embed_dim == side.dim
+    assert not any(p.name.startswith("retrieval") for p in clip.iterdir())  # the source folder is untouched
+    again = fit_heads(str(tmp_path / "with-heads"), str(flickr), limit=40, cache_dir=str(tmp_path / "c"),
+                      log=lambda *_: None)
+    assert "current" in again["candidates"] and again["candidates"]["current"] == first["dev"]["t2i_r5"]
+    report = evaluate_retrieval(flickr / "dev.jsonl", str(tmp_path / "with-heads"), tmp_path / "eval", limit=40,
+                                progress=False)
+    assert abs(report["systems"]["tower"]["t2i_r5"] - max(again["candidates"].values())) < 0.02

@@ -75,6 +75,25 @@ def test_lora_stage2_export_reload_with_stock_transformers(tiny_stage1, llava_js
     assert (a - base).abs().max() > 1e-2  # the adapter really changes the model
 
 
+def test_lora_continues_from_an_adapter_folder(tiny_stage1, llava_json, tmp_path, reset_accelerate):
+    from safetensors.torch import load_file
+
+    from train.loop import train
+    from vlm import VLM
+    from vlm.adapters import adapter_base
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(stage2_cfg(llava_json, tiny_stage1, first, tmp_path / "cache"))
+    summary = train(stage2_cfg(llava_json, first, second, tmp_path / "cache", lr=1e-2))
+    assert summary["steps"] == 2
+    # the same adapter trained further: same base (not stacked on the first adapter), same tensors, new values
+    assert adapter_base(second) == str(tiny_stage1.resolve())
+    a, b = load_file(first / "adapter_model.safetensors"), load_file(second / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    assert any((a[k] - b[k]).abs().max() > 0 for k in a if "lora_B" in k)
+    assert any("lora_" in n for n, _ in VLM.load(second).model.named_parameters())
+
+
 def test_qlora_runs_on_cpu_with_4bit_llm(tiny_stage1, llava_json, tmp_path, reset_accelerate):
     import bitsandbytes as bnb
 

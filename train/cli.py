@@ -1,4 +1,5 @@
-"""``vlm train {stage0,stage1,stage2}``: one sub-command per training stage.
+"""``vlm train {stage0,stage1,stage2,heads}``: one sub-command per training stage, and ``heads`` (closed-form
+retrieval heads for a frozen tower).
 
 STAGES maps a stage name to a module with ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``
 (the same contract as ``vlm.cli.COMMANDS``); heavy imports stay inside ``run``.
@@ -8,12 +9,14 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "train a stage: stage0 (vision tower), stage1 (projector alignment), stage2 (instruction tuning)"
+HELP = ("train a stage: stage0 (vision tower), stage1 (projector alignment), stage2 (instruction tuning); "
+        "heads (a tower's retrieval heads)")
 
 STAGES: dict[str, str] = {
     "stage0": "train.stage0.cli",
     "stage1": "train.stage1",
     "stage2": "train.stage2",
+    "heads": "train.stage0.heads",
 }
 
 

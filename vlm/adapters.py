@@ -50,8 +50,25 @@ def _resolve_base(path: Path, base: str) -> str:
     if candidate.is_dir():
         if (candidate / "adapter_config.json").exists():
             raise ModelNotFoundError(f"adapter base {candidate} is itself an adapter folder; stacked adapters are not supported")
-        return str(candidate)
+        return str(candidate.resolve())
     return base  # a shipped name; resolve_model reports it if unknown
+
+
+def is_adapter_folder(path: str | os.PathLike) -> bool:
+    return (Path(path).expanduser() / "adapter_config.json").is_file()
+
+
+def adapter_base(path: str | os.PathLike) -> str:
+    """The base llava model an adapter folder was trained on: a folder path or a shipped name."""
+    path = Path(path)
+    config_file = path / "adapter_config.json"
+    if not config_file.exists():
+        raise ModelNotFoundError(f"{path} has no adapter_config.json")
+    meta = json.loads((path / META).read_text()) if (path / META).exists() else {}
+    base = meta.get("base") or json.loads(config_file.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ModelNotFoundError(f"{path}: the adapter does not say which base model it belongs to")
+    return _resolve_base(path, base)
 
 
 def load_peft(path: str | os.PathLike, dtype: torch.dtype = torch.float32, is_trainable: bool = False):
@@ -61,15 +78,10 @@ def load_peft(path: str | os.PathLike, dtype: torch.dtype = torch.float32, is_tr
     from .registry import resolve_model
 
     path = Path(path)
-    config_file = path / "adapter_config.json"
-    if not config_file.exists():
-        raise ModelNotFoundError(f"{path} has no adapter_config.json")
+    base = adapter_base(path)
     meta = json.loads((path / META).read_text()) if (path / META).exists() else {}
-    base = meta.get("base") or json.loads(config_file.read_text()).get("base_model_name_or_path")
-    if not base:
-        raise ModelNotFoundError(f"{path}: the adapter does not say which base model it belongs to")
     try:
-        model, processor = resolve_model(_resolve_base(path, base), dtype)
+        model, processor = resolve_model(base, dtype)
     except ModelNotFoundError as exc:
         raise ModelNotFoundError(f"base model of adapter {path} not found: {exc}") from None
     peft_model = PeftModel.from_pretrained(model, path, is_trainable=is_trainable)

@@ -13,6 +13,8 @@ class GenerationOptions:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the prompt or the answer (1 = off)
+    no_repeat_ngram_size: int = 0  # never repeat an n-gram of this size within the answer (0 = off)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -21,6 +23,10 @@ class GenerationOptions:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = [s for s in self.stop if s]

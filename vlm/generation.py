@@ -6,7 +6,7 @@ import threading
 from collections.abc import Iterator
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from .config import GenerationOptions
 from .errors import InputError
@@ -21,6 +21,29 @@ class CancelCriteria(StoppingCriteria):
 
     def __call__(self, input_ids, scores, **kwargs):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class AnswerNoRepeatNGram(LogitsProcessor):
+    """Bans the token that would repeat an ``n``-gram of the answer so far. Unlike transformers'
+    ``no_repeat_ngram_size``, the prompt (system prompt, question, chat markup) does not count: only tokens
+    after ``prompt_length`` do."""
+
+    def __init__(self, n: int, prompt_length: int):
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        self.n, self.prompt_length = n, prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        answers = input_ids[:, self.prompt_length:].tolist()
+        n = self.n
+        for row, ids in enumerate(answers):
+            if len(ids) < n - 1:
+                continue
+            head = ids[len(ids) - n + 1:] if n > 1 else []
+            banned = {ids[i + n - 1] for i in range(len(ids) - n + 1) if ids[i:i + n - 1] == head}
+            if banned:
+                scores[row, list(banned)] = -float("inf")
+        return scores
 
 
 def context_length(model) -> int:
@@ -48,7 +71,9 @@ def encode(model, processor, conversations: list[list[dict]], images: list[list]
     return batch
 
 
-def generate_kwargs(model, processor, opts: GenerationOptions) -> dict:
+def generate_kwargs(model, processor, opts: GenerationOptions, prompt_length: int | None = None) -> dict:
+    """``model.generate`` keyword arguments for ``opts``; ``prompt_length`` (the padded prompt width) is
+    needed for ``no_repeat_ngram_size``, which looks at the answer only."""
     tok = processor.tokenizer
     kwargs = dict(
         max_new_tokens=opts.max_new_tokens,
@@ -60,6 +85,12 @@ def generate_kwargs(model, processor, opts: GenerationOptions) -> dict:
         kwargs.update(temperature=opts.temperature, top_p=opts.top_p)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
+    if opts.repetition_penalty != 1.0:
+        kwargs["repetition_penalty"] = opts.repetition_penalty
+    if opts.no_repeat_ngram_size:
+        if prompt_length is None:
+            raise ValueError("no_repeat_ngram_size needs the prompt length")
+        kwargs["logits_processor"] = LogitsProcessorList([AnswerNoRepeatNGram(opts.no_repeat_ngram_size, prompt_length)])
     if opts.stop:
         kwargs.update(stop_strings=opts.stop, tokenizer=tok)
     return kwargs
@@ -92,7 +123,7 @@ def _with_prefix(model, batch, kwargs: dict) -> dict:
 
 
 def generate(model, processor, batch, opts: GenerationOptions, cancel: threading.Event | None = None) -> list[str]:
-    kwargs = _with_prefix(model, batch, generate_kwargs(model, processor, opts))
+    kwargs = _with_prefix(model, batch, generate_kwargs(model, processor, opts, batch["input_ids"].shape[1]))
     if cancel is not None:
         kwargs["stopping_criteria"] = StoppingCriteriaList([CancelCriteria(cancel)])
     with torch.inference_mode(), _seeded(opts.seed):
@@ -106,7 +137,7 @@ def stream(model, processor, batch, opts: GenerationOptions, cancel: threading.E
     """Yield text pieces as they are decoded. Closing the iterator (or setting ``cancel``) stops decoding."""
     cancel = cancel or threading.Event()
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = _with_prefix(model, batch, generate_kwargs(model, processor, opts))
+    kwargs = _with_prefix(model, batch, generate_kwargs(model, processor, opts, batch["input_ids"].shape[1]))
     kwargs.update(streamer=streamer, stopping_criteria=StoppingCriteriaList([CancelCriteria(cancel)]))
     errors: list[BaseException] = []
 

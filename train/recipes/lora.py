@@ -2,10 +2,15 @@
 
 Saves an unmerged adapter folder (see :mod:`vlm.adapters`): PEFT adapter files, the projector, the
 processor, and a pointer to the base llava folder it was trained on.
+
+Started from an adapter folder (``--model`` an earlier stage-2 output), it trains that adapter further:
+same LoRA layers and rank, same base, and the adapter's own projector.
 """
 from __future__ import annotations
 
 from pathlib import Path
+
+from vlm.adapters import adapter_base, is_adapter_folder
 
 from .common import freeze_all, llm_linear_regex, load_start, projector_params, start_path
 
@@ -23,17 +28,24 @@ def lora_config(model, cfg):
 
 
 def load(cfg, dtype):
+    if is_adapter_folder(cfg.model):
+        from vlm.adapters import load_peft
+
+        model, processor = load_peft(cfg.model, dtype, is_trainable=True)
+        processor.tokenizer.padding_side = "right"
+        return model, processor
     return load_start(cfg, dtype)
 
 
 def prepare(model, cfg):
     from peft import get_peft_model
 
-    freeze_all(model)
-    peft_model = get_peft_model(model, lora_config(model, cfg))
-    for p in projector_params(peft_model):
+    if not hasattr(model, "peft_config"):  # a fresh adapter (an adapter folder loads with its own, trainable)
+        freeze_all(model)
+        model = get_peft_model(model, lora_config(model, cfg))
+    for p in projector_params(model):
         p.requires_grad_(True)
-    return peft_model
+    return model
 
 
 def param_groups(model, cfg) -> list[dict]:
@@ -49,4 +61,5 @@ def param_groups(model, cfg) -> list[dict]:
 def save(model, processor, out: Path, cfg) -> Path:
     from vlm.adapters import save_adapter_folder
 
-    return save_adapter_folder(model, processor, Path(out), base=start_path(cfg))
+    base = adapter_base(cfg.model) if is_adapter_folder(cfg.model) else start_path(cfg)
+    return save_adapter_folder(model, processor, Path(out), base=base)

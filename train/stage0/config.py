@@ -23,6 +23,7 @@ class Stage0Config:
     text_sif_a: float | None = 3e-3
     text_remove_components: int = 1
     ridge_head: bool = True  # at each evaluation also fit a ridge image head on clean train features; keep the better
+    cca_head: bool = True  # ... and a CCA head (image and caption both projected into a shared space)
     # signals
     w_spatial: float = 1.0  # teacher 7x7 map vs student layer -2 patch tokens (cosine, standardised)
     w_pooled: float = 1.0  # teacher pooled vs student pooled output (cosine, standardised)

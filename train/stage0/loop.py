@@ -19,7 +19,7 @@ from .config import Stage0Config
 from .export import export_tower
 from .losses import cosine_distill, info_nce, standardize
 from .model import Student, match_grid
-from .probe import per_image_targets, ridge_as_linear, ridge_probe
+from .probe import cca_as_linear, cca_probe, per_image_targets, ridge_as_linear, ridge_probe
 from .teacher import OpenNSFWTeacher, cached_teacher_features, teacher_features
 from .text_targets import load_text_llm, load_text_tokenizer, text_states
 
@@ -169,14 +169,22 @@ def train(cfg: Stage0Config) -> dict:
         dev_pooled = pooled_features(student, dv["pixels"], cfg.tower.image_size, cfg.bf16)
         r = evaluate(student, dev_pooled, dv_unit, dv["owner"])
         spec.logit_scale = float(student.logit_scale(cfg.max_logit_scale).detach())
-        spec.head, head_state = "contrastive", None
+        spec.head, head_state, side = "contrastive", None, text_side
         log(f"eval step {step}: contrastive head {json.dumps({k: round(v, 4) for k, v in r.items()})}")
-        if cfg.ridge_head:  # a closed-form head on clean (un-augmented) train features
+        if cfg.ridge_head or cfg.cca_head:  # closed-form heads on clean (un-augmented) train features
             train_pooled = pooled_features(student, tr["pixels"], cfg.tower.image_size, cfg.bf16)
+        if cfg.ridge_head:
             ridge, fit = ridge_probe(train_pooled, image_targets, dev_pooled, dv_unit, dv["owner"])
             log(f"eval step {step}: ridge head {json.dumps({k: round(v, 4) for k, v in ridge.items()})}")
             if ridge["t2i_r5"] > r["t2i_r5"]:
                 r, spec.head, head_state = ridge, "ridge", ridge_as_linear(*fit)
+        if cfg.cca_head:
+            cca, cfit = cca_probe(train_pooled, tr["owner"], tr_unit, dev_pooled, dv_unit, dv["owner"])
+            log(f"eval step {step}: cca head {json.dumps({k: round(v, 4) for k, v in cca.items()})}")
+            if cca["t2i_r5"] > r["t2i_r5"]:
+                r, spec.head, head_state = cca, "cca", cca_as_linear(cfit)
+                side = text_side.with_projection(cfit.y_mean, cfit.y_proj)
+        spec.embed_dim = side.dim
         rec = {"step": step, "head": spec.head, **{k: round(v, 4) for k, v in r.items()},
                "eval_s": round(time.time() - t, 1)}
         history.append(rec)
@@ -185,7 +193,7 @@ def train(cfg: Stage0Config) -> dict:
         if best is None or r["t2i_r5"] >= best["t2i_r5"]:
             best = {"step": step, "head": spec.head, **r}
             extra["best"] = best
-            export_tower(student, out_dir, spec, text_side, MEAN, STD, extra, head_state=head_state)
+            export_tower(student, out_dir, spec, side, MEAN, STD, extra, head_state=head_state)
             log(f"saved best tower (dev t2i R@5 {r['t2i_r5']:.4f}, {spec.head} head) to {out_dir}")
 
     student.train()
@@ -234,7 +242,7 @@ def train(cfg: Stage0Config) -> dict:
             do_eval()
         if cfg.save_every and step % cfg.save_every == 0:  # latest weights, whatever their dev score
             spec.logit_scale = float(student.logit_scale(cfg.max_logit_scale).detach())
-            spec.head = "contrastive"
+            spec.head, spec.embed_dim = "contrastive", text_side.dim
             export_tower(student, out_dir.with_name(out_dir.name + ".last"), spec, text_side, MEAN, STD,
                          {"config": cfg.to_dict(), "step": step})
     if not history or history[-1]["step"] != step:

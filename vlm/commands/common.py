@@ -15,6 +15,14 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    add_repetition_arguments(parser)
+
+
+def add_repetition_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repetition-penalty", type=float, default=None,
+                        help="> 1 discourages tokens already in the prompt or answer (default: off)")
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=None,
+                        help="never repeat an n-gram of this many tokens within the answer (default: off)")
 
 
 def generation_kwargs(args: argparse.Namespace) -> dict:
@@ -24,6 +32,8 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
         top_p=args.top_p,
         seed=args.seed,
         stop=args.stop,
+        repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
     )
 
 

@@ -36,6 +36,10 @@ def _model_args(p: argparse.ArgumentParser, task: str) -> None:
     p.add_argument("--levers", default=None, help="inference levers applied to the model, as in `vlm bench` "
                    "(e.g. int8, bf16, int8+reuse); default: none")
     p.add_argument("--max-new-tokens", type=int, default=None)
+    if task != "sroie":  # extraction decodes under its JSON grammar
+        from vlm.commands.common import add_repetition_arguments
+
+        add_repetition_arguments(p)
     p.add_argument("--systems", default=",".join(SYSTEMS[task]),
                    help=f"comma-separated systems to run (default: {','.join(SYSTEMS[task])})")
 
@@ -86,7 +90,8 @@ def _out(args) -> Path:
 
 
 def _gen(args) -> dict:
-    return {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
+    names = ("max_new_tokens", "repetition_penalty", "no_repeat_ngram_size")
+    return {k: getattr(args, k) for k in names if getattr(args, k, None)}
 
 
 class _ModelLoader:

@@ -141,11 +141,15 @@ def sif_weights(tokenizer, texts: Sequence[str], a: float) -> torch.Tensor:
 @dataclass
 class TextSide:
     """How pooled text states become unit vectors: centre, normalise, remove the top ``components`` common
-    directions, normalise again. ``token_weight`` (optional) weights the pooling (see :func:`sif_weights`)."""
+    directions, normalise again. ``token_weight`` (optional) weights the pooling (see :func:`sif_weights`).
+    With a ``projection`` (a CCA head, see ``train.stage0.probe``), the unit vector is then centred on
+    ``projection_mean``, projected to the shared space and normalised once more."""
 
     mean: torch.Tensor  # (D,)
     components: torch.Tensor  # (k, D) orthonormal rows; k may be 0
     token_weight: torch.Tensor | None = None  # (vocab,)
+    projection: torch.Tensor | None = None  # (D, E)
+    projection_mean: torch.Tensor | None = None  # (D,)
 
     @classmethod
     def fit(cls, states: torch.Tensor, remove_components: int = 0,
@@ -162,7 +166,17 @@ class TextSide:
         x = F.normalize(states.float() - self.mean, dim=-1)
         if len(self.components):
             x = F.normalize(x - (x @ self.components.T) @ self.components, dim=-1)
+        if self.projection is not None:
+            x = F.normalize((x - self.projection_mean) @ self.projection, dim=-1)
         return x
+
+    def with_projection(self, mean: torch.Tensor, projection: torch.Tensor) -> "TextSide":
+        return TextSide(self.mean, self.components, self.token_weight, projection.float(), mean.float())
+
+    @property
+    def dim(self) -> int:
+        """Width of the unit vectors."""
+        return int(self.projection.shape[1] if self.projection is not None else self.mean.shape[0])
 
     def embed(self, llm, tokenizer, texts: Sequence[str], layer: int, batch_size: int = 64) -> torch.Tensor:
         """Unit text vectors for ``texts`` (the LLM's pooled ``hidden_states[layer]``)."""
@@ -174,6 +188,9 @@ class TextSide:
         tensors = {"mean": self.mean.float().contiguous(), "components": self.components.float().contiguous()}
         if self.token_weight is not None:
             tensors["token_weight"] = self.token_weight.float().contiguous()
+        if self.projection is not None:
+            tensors["projection"] = self.projection.float().contiguous()
+            tensors["projection_mean"] = self.projection_mean.float().contiguous()
         save_file(tensors, str(Path(folder, TEXT_FILE)))
 
     @classmethod
@@ -184,7 +201,7 @@ class TextSide:
             from safetensors.torch import load_file
 
             t = load_file(str(path))
-            return cls(t["mean"], t["components"], t.get("token_weight"))
+            return cls(t["mean"], t["components"], t.get("token_weight"), t.get("projection"), t.get("projection_mean"))
         mean = torch.tensor(spec.text_mean) if spec.text_mean is not None else torch.zeros(spec.embed_dim)
         return cls(mean, torch.empty(0, spec.embed_dim))
 
@@ -200,7 +217,7 @@ class RetrievalSpec:
     text_mean: list[float] | None = None  # older folders: centring (newer ones keep it in TEXT_FILE)
     logit_scale: float = 1.0
     text_pooling: str = "mean"  # "mean", or "sif" (token-weighted mean; weights in TEXT_FILE)
-    head: str = "contrastive"  # how the image head was fitted: "contrastive" (trained) or "ridge"
+    head: str = "contrastive"  # how the image head was fitted: "contrastive" (trained), "ridge" or "cca"
 
     def save(self, folder: str | os.PathLike) -> None:
         Path(folder, SPEC_FILE).write_text(json.dumps(asdict(self), indent=2))

@@ -11,7 +11,9 @@ what ``prompts.fields_answer`` trains on):
 - free-form: ``{}`` or ``{"key": V, ...}`` with any keys (at most ``max_pairs`` pairs, keys up to 40 chars).
 ``V`` is ``null`` or a string. A string value is either one of a closed set of choices (enum / boolean) or
 free text that, when ``corpus`` is given, must be a substring of the corpus after whitespace collapsing and
-lower-casing (grounding). Values are normalised as they are written: no leading/trailing or double spaces,
+lower-casing, starting and ending at token boundaries of the corpus (grounding): a value never cuts a word
+or a number in two (``"DAMANSA"`` from ``"DAMANSARA"``, ``"12.0"`` from ``"12.00"``), while a cut between
+letters and digits is a boundary (``"12.00"`` from ``"RM12.00"``). Values are normalised as they are written: no leading/trailing or double spaces,
 no control characters or other whitespace; escapes ``\\"`` and ``\\\\`` only. Every state the machine
 can reach can still be completed, so decoding never dead-ends; if ``max_new_tokens`` runs out first,
 :meth:`JsonObjectMachine.values` treats the unfinished value and the missing fields as ``null``.
@@ -46,6 +48,43 @@ def normalise_corpus(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
+def _joined(a: str, b: str) -> bool:
+    """Two adjacent characters of one token: both letters or both digits."""
+    return (a.isalpha() and b.isalpha()) or (a.isdigit() and b.isdigit())
+
+
+class Grounding:
+    """Where a value may come from: its occurrences in the (normalised) corpus that start at a token boundary,
+    memoised by prefix, since decoding extends a value one character at a time."""
+
+    def __init__(self, corpus: str):
+        self.corpus = normalise_corpus(corpus)
+        self._starts: dict[str, tuple[int, ...]] = {}
+
+    def starts(self, text: str) -> tuple[int, ...]:
+        """Start offsets of ``text`` (lower-cased) in the corpus that do not cut a token."""
+        hit = self._starts.get(text)
+        if hit is not None:
+            return hit
+        c = self.corpus
+        if len(text) <= 1:
+            hit = tuple(i for i in range(len(c)) if c[i] == text and (i == 0 or not _joined(c[i - 1], text)))
+        else:
+            n, ch = len(text) - 1, text[-1]
+            hit = tuple(i for i in self.starts(text[:-1]) if i + n < len(c) and c[i + n] == ch)
+        self._starts[text] = hit
+        return hit
+
+    def allows(self, text: str) -> bool:
+        return bool(text) and bool(self.starts(text.lower()))
+
+    def closes(self, text: str) -> bool:
+        """Some occurrence of ``text`` also ends at a token boundary."""
+        low, c = text.lower(), self.corpus
+        end = len(low)
+        return any(i + end == len(c) or not _joined(low[-1], c[i + end]) for i in self.starts(low))
+
+
 class JsonObjectMachine:
     """Character-level acceptor of a flat JSON object. States are hashable tuples; ``None`` means rejected.
 
@@ -65,7 +104,7 @@ class JsonObjectMachine:
         self.rules = rules
         self.free_rule = free_rule
         self.max_pairs = max_pairs
-        self.corpus = normalise_corpus(corpus) if corpus is not None else None
+        self.grounding = Grounding(corpus) if corpus is not None else None
 
     # -- states ------------------------------------------------------------------------------------
     # ("lit", text, i, next)      writing a fixed literal; ``next`` follows it
@@ -104,7 +143,7 @@ class JsonObjectMachine:
     def _can_open(self, rule: ValueRule) -> bool:
         if rule.choices is not None:
             return any(rule.choices)
-        return self.corpus is None or bool(self.corpus)
+        return self.grounding is None or bool(self.grounding.corpus)
 
     def _value_ok(self, buf: str, rule: ValueRule) -> bool:
         if rule.choices is not None:
@@ -113,12 +152,15 @@ class JsonObjectMachine:
             return False
         if buf[-1] == " " and len(buf) >= rule.max_length:
             return False  # a trailing space that could never be followed: a dead end
-        return self.corpus is None or buf.lower() in self.corpus
+        return self.grounding is None or self.grounding.allows(buf)
 
     def _closable(self, buf: str, rule: ValueRule) -> bool:
         if rule.choices is not None:
             return buf in rule.choices
-        return bool(buf) and buf[-1] != " "
+        if not buf or buf[-1] == " ":
+            return False
+        # a value cut at max_length may end inside a token: it must still be closable (no dead ends)
+        return self.grounding is None or len(buf) >= rule.max_length or self.grounding.closes(buf)
 
     @staticmethod
     def _plain(ch: str) -> bool:

@@ -115,7 +115,9 @@ def extract_page(vlm, image, lines: list[OcrLine], doc: DocSchema, opts: Generat
     machine = _machine(doc, ocr_text if ground else None)
     eos = _eos_ids(vlm)
     proc = JsonLogitsProcessor(machine, token_texts(vlm.processor.tokenizer), eos, prompt_length)
-    kwargs = generation.generate_kwargs(vlm.model, vlm.processor, replace(opts, stop=[]))
+    # the grammar decides what may follow: stop strings and repetition rules would fight it
+    plain = replace(opts, stop=[], repetition_penalty=1.0, no_repeat_ngram_size=0)
+    kwargs = generation.generate_kwargs(vlm.model, vlm.processor, plain)
     kwargs.update(logits_processor=LogitsProcessorList([proc]), eos_token_id=eos)
     with torch.inference_mode(), generation._seeded(opts.seed):
         out = vlm.model.generate(**batch, **kwargs)
