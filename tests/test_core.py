@@ -89,11 +89,11 @@ def test_stop_strings_and_seed(tiny_vlm, photo):
     assert a == b
 
 
-def test_repetition_options(tiny_vlm, photo):
+def test_decoding_options(tiny_vlm, photo):
     from vlm.config import GenerationOptions
     from vlm.generation import AnswerNoRepeatNGram
 
-    for bad in (dict(repetition_penalty=0), dict(no_repeat_ngram_size=-1)):
+    for bad in (dict(repetition_penalty=0), dict(no_repeat_ngram_size=-1), dict(num_beams=0)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             GenerationOptions(**bad)
     # the ban looks at the answer only: prompt tokens 5 5 never ban anything
@@ -104,6 +104,11 @@ def test_repetition_options(tiny_vlm, photo):
     # through ask and stream (the real model's test shows the effect on an answer that repeats itself)
     text = tiny_vlm.ask(photo, "Describe.", max_new_tokens=40, no_repeat_ngram_size=1)
     assert "".join(tiny_vlm.stream(photo, "Describe.", max_new_tokens=40, no_repeat_ngram_size=1)).strip() == text
+    # beam search: the batch answers equal one-by-one answers; streaming gives the whole answer as one piece
+    beams = tiny_vlm.ask_batch([(photo, "Describe."), (None, "Hi")], max_new_tokens=12, num_beams=3)
+    assert beams == [tiny_vlm.ask(photo, "Describe.", max_new_tokens=12, num_beams=3),
+                     tiny_vlm.ask(None, "Hi", max_new_tokens=12, num_beams=3)]
+    assert list(tiny_vlm.stream(photo, "Describe.", max_new_tokens=12, num_beams=3)) == [beams[0]]
 
 
 def test_multi_turn_chat_keeps_history(tiny_vlm, photo):

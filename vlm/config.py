@@ -15,6 +15,7 @@ class GenerationOptions:
     stop: list[str] = field(default_factory=list)
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the prompt or the answer (1 = off)
     no_repeat_ngram_size: int = 0  # never repeat an n-gram of this size within the answer (0 = off)
+    num_beams: int = 1  # beam search width (1 = greedy or sampling); a beam answer streams as one piece
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -27,6 +28,8 @@ class GenerationOptions:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.no_repeat_ngram_size < 0:
             raise ValueError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
+        if self.num_beams < 1:
+            raise ValueError(f"num_beams must be at least 1, got {self.num_beams}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = [s for s in self.stop if s]

@@ -85,6 +85,8 @@ def generate_kwargs(model, processor, opts: GenerationOptions, prompt_length: in
         kwargs.update(temperature=opts.temperature, top_p=opts.top_p)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
+    if opts.num_beams > 1:
+        kwargs["num_beams"] = opts.num_beams
     if opts.repetition_penalty != 1.0:
         kwargs["repetition_penalty"] = opts.repetition_penalty
     if opts.no_repeat_ngram_size:
@@ -115,7 +117,7 @@ def _with_prefix(model, batch, kwargs: dict) -> dict:
     """Start from the prompt-prefix cache (``vlm.optimize`` lever) when one is installed and the batch is
     a single prompt."""
     cache = getattr(model, "_vlm_prefix_cache", None)
-    if cache is not None and batch["input_ids"].shape[0] == 1:
+    if cache is not None and batch["input_ids"].shape[0] == 1 and kwargs.get("num_beams", 1) == 1:
         past = cache.past_for(batch["input_ids"][0])
         if past is not None:
             kwargs["past_key_values"] = past
@@ -134,8 +136,12 @@ def generate(model, processor, batch, opts: GenerationOptions, cancel: threading
 
 
 def stream(model, processor, batch, opts: GenerationOptions, cancel: threading.Event | None = None) -> Iterator[str]:
-    """Yield text pieces as they are decoded. Closing the iterator (or setting ``cancel``) stops decoding."""
+    """Yield text pieces as they are decoded. Closing the iterator (or setting ``cancel``) stops decoding.
+    Beam search only knows its answer at the end: it comes as one piece."""
     cancel = cancel or threading.Event()
+    if opts.num_beams > 1:
+        yield from generate(model, processor, batch, opts, cancel)
+        return
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
     kwargs = _with_prefix(model, batch, generate_kwargs(model, processor, opts, batch["input_ids"].shape[1]))
     kwargs.update(streamer=streamer, stopping_criteria=StoppingCriteriaList([CancelCriteria(cancel)]))

@@ -15,10 +15,11 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    add_repetition_arguments(parser)
+    add_decoding_arguments(parser)
 
 
-def add_repetition_arguments(parser: argparse.ArgumentParser) -> None:
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-beams", type=int, default=None, help="beam search width (default: 1, greedy)")
     parser.add_argument("--repetition-penalty", type=float, default=None,
                         help="> 1 discourages tokens already in the prompt or answer (default: off)")
     parser.add_argument("--no-repeat-ngram-size", type=int, default=None,
@@ -34,6 +35,7 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
         stop=args.stop,
         repetition_penalty=args.repetition_penalty,
         no_repeat_ngram_size=args.no_repeat_ngram_size,
+        num_beams=args.num_beams,
     )
 
 

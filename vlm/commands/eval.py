@@ -37,9 +37,9 @@ def _model_args(p: argparse.ArgumentParser, task: str) -> None:
                    "(e.g. int8, bf16, int8+reuse); default: none")
     p.add_argument("--max-new-tokens", type=int, default=None)
     if task != "sroie":  # extraction decodes under its JSON grammar
-        from vlm.commands.common import add_repetition_arguments
+        from vlm.commands.common import add_decoding_arguments
 
-        add_repetition_arguments(p)
+        add_decoding_arguments(p)
     p.add_argument("--systems", default=",".join(SYSTEMS[task]),
                    help=f"comma-separated systems to run (default: {','.join(SYSTEMS[task])})")
 
@@ -90,7 +90,7 @@ def _out(args) -> Path:
 
 
 def _gen(args) -> dict:
-    names = ("max_new_tokens", "repetition_penalty", "no_repeat_ngram_size")
+    names = ("max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "num_beams")
     return {k: getattr(args, k) for k in names if getattr(args, k, None)}
 
 

@@ -116,7 +116,7 @@ def extract_page(vlm, image, lines: list[OcrLine], doc: DocSchema, opts: Generat
     eos = _eos_ids(vlm)
     proc = JsonLogitsProcessor(machine, token_texts(vlm.processor.tokenizer), eos, prompt_length)
     # the grammar decides what may follow: stop strings and repetition rules would fight it
-    plain = replace(opts, stop=[], repetition_penalty=1.0, no_repeat_ngram_size=0)
+    plain = replace(opts, stop=[], repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1)
     kwargs = generation.generate_kwargs(vlm.model, vlm.processor, plain)
     kwargs.update(logits_processor=LogitsProcessorList([proc]), eos_token_id=eos)
     with torch.inference_mode(), generation._seeded(opts.seed):
