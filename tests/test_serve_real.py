@@ -59,6 +59,18 @@ def test_real_model_chat_with_photo(client, photo):
     assert sum(1 for p in pieces if p) > 3
 
 
+def test_decoding_extensions_through_the_openai_client(client, real_vlm):
+    """`no_repeat_ngram_size` via extra_body gives the Python API's answer with the same option."""
+    question = "List the word 'cat' ten times, separated by spaces."
+    msgs = [{"role": "user", "content": question}]
+    plain = client.chat.completions.create(model="smol-vlm", messages=msgs, max_tokens=30).choices[0].message.content
+    ext = client.chat.completions.create(model="smol-vlm", messages=msgs, max_tokens=30,
+                                         extra_body={"no_repeat_ngram_size": 2}).choices[0].message.content
+    assert ext == real_vlm.ask(None, question, max_new_tokens=30, no_repeat_ngram_size=2) != plain
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="smol-vlm", messages=msgs, extra_body={"repetition_penalty": 0})
+
+
 def test_remote_images_off_by_default(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="smol-vlm", max_tokens=4, messages=[{"role": "user", "content": [

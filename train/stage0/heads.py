@@ -42,20 +42,43 @@ def _pooled(tower, paths: list[str], size: int, mean, std, batch: int = 128):
     return torch.cat(outs)
 
 
+def _text_side(folder: Path, llm: str, text_layer: int, splits: dict, cache_dir: str | None):
+    """(spec, the folder's text side or None, its side without a projection, text states per split).
+    A folder without retrieval files gets a text side fitted as stage 0 fits it (SIF, one direction removed)."""
+    from vlm.eval.retrieval import SPEC_FILE, RetrievalSpec, TextSide, sif_weights
+
+    from .config import Stage0Config
+    from .text_targets import load_text_tokenizer, text_states
+
+    defaults = Stage0Config()
+    if (folder / SPEC_FILE).is_file():
+        spec = RetrievalSpec.load(folder)
+        side = TextSide.load(folder, spec)
+        weights = side.token_weight
+    else:
+        spec = RetrievalSpec(text_model=llm, text_layer=text_layer, embed_dim=0, text_pooling="sif")
+        side = None
+        weights = sif_weights(load_text_tokenizer(llm), splits["train"].flat_captions()[0], defaults.text_sif_a)
+    states = {s: text_states(sp.flat_captions()[0], spec.text_model, spec.text_layer, cache_dir, token_weight=weights)
+              for s, sp in splits.items()}
+    if side is None:
+        base = TextSide.fit(states["train"], defaults.text_remove_components, weights)
+    else:
+        base = TextSide(side.mean, side.components, side.token_weight)
+    return spec, side, base, states
+
+
 def fit_heads(vision: str, data_dir: str, out: str | None = None, llm: str = "smollm2-135m-instruct",
               text_layer: int = 0, cache_dir: str | None = None, limit: int | None = None, log=print) -> dict:
     import torch
     from safetensors.torch import load_file, save_file
 
     from vlm.compose import load_vision
+    from vlm.eval.retrieval import HEAD_FILE, ImageHead, recall_at_k
     from vlm.eval.retrieval_task import CLIP_MEAN, CLIP_STD
-    from vlm.eval.retrieval import (HEAD_FILE, SPEC_FILE, ImageHead, RetrievalSpec, TextSide, recall_at_k,
-                                    sif_weights)
 
     from . import data as D
-    from .config import Stage0Config
     from .probe import cca_as_linear, cca_probe, per_image_targets, ridge_as_linear, ridge_probe
-    from .text_targets import load_text_tokenizer, text_states
 
     t0 = time.time()
     folder, out_dir = Path(vision), Path(out or vision)
@@ -64,28 +87,14 @@ def fit_heads(vision: str, data_dir: str, out: str | None = None, llm: str = "sm
     size = tower.config.image_size
     mean, std = prep.get("image_mean", CLIP_MEAN), prep.get("image_std", CLIP_STD)
     splits = {s: D.load_split(data_dir, s, limit) for s in ("train", "dev")}
-    defaults = Stage0Config()
-    has_head = (folder / SPEC_FILE).is_file()
-    if has_head:
-        spec = RetrievalSpec.load(folder)
-        side = TextSide.load(folder, spec)
-    else:  # a text side as stage 0 fits it (SIF pooling, one common direction removed)
-        spec = RetrievalSpec(text_model=llm, text_layer=text_layer, embed_dim=0, text_pooling="sif")
-        side = None
-    base_side = TextSide(side.mean, side.components, side.token_weight) if side is not None else None
-    weights = base_side.token_weight if base_side is not None else sif_weights(
-        load_text_tokenizer(spec.text_model), splits["train"].flat_captions()[0], defaults.text_sif_a)
-    states = {s: text_states(sp.flat_captions()[0], spec.text_model, spec.text_layer, cache_dir, token_weight=weights)
-              for s, sp in splits.items()}
-    if base_side is None:
-        base_side = TextSide.fit(states["train"], defaults.text_remove_components, weights)
+    spec, side, base_side, states = _text_side(folder, llm, text_layer, splits, cache_dir)
     units = {s: base_side.unit(v) for s, v in states.items()}
     owners = {s: sp.flat_captions()[1] for s, sp in splits.items()}
     feats = {s: _pooled(tower, sp.images, size, mean, std) for s, sp in splits.items()}
     log(f"features: train {tuple(feats['train'].shape)}, dev {tuple(feats['dev'].shape)} in {time.time() - t0:.0f}s")
 
     candidates = {}
-    if has_head:
+    if side is not None:  # the folder's own head competes
         head = ImageHead(tower.config.hidden_size, spec.embed_dim)
         head.load_state_dict(load_file(str(folder / HEAD_FILE)))
         with torch.no_grad():
@@ -104,9 +113,7 @@ def fit_heads(vision: str, data_dir: str, out: str | None = None, llm: str = "sm
         import shutil
 
         shutil.copytree(folder, out_dir, dirs_exist_ok=True)
-    if state is not None or out_dir.resolve() != folder.resolve():
-        if state is None:
-            state = load_file(str(folder / HEAD_FILE))
+    if state is not None:  # a new head won
         spec.head, spec.embed_dim = kind, chosen_side.dim
         save_file({k: v.float().contiguous() for k, v in state.items()}, str(out_dir / HEAD_FILE))
         chosen_side.save(out_dir)
