@@ -178,7 +178,7 @@ def _captions(args) -> dict:
     names = _systems(args)
     records = load_records(args.data, ("image", "captions"), args.limit)
     load = _ModelLoader(args)
-    gen = {"max_new_tokens": 40, **_gen(args)}
+    gen = {"max_new_tokens": 40, "num_beams": captions.DEFAULT_BEAMS, **_gen(args)}
     prompt = args.prompt or captions.DEFAULT_PROMPT
     train_path = _train_path(args) if "nearest-neighbour" in names else None
 

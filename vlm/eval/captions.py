@@ -15,6 +15,9 @@ from .records import Record
 from .text_norm import simple_caption_tokens
 
 DEFAULT_PROMPT = "Write a one-sentence caption for this photo."  # one of the stage-1 training prompts
+# Beam search, as captioning evaluations usually decode; on Flickr8k dev (200 images) vlm-tiny v1 scored
+# CIDEr 0.147 with 3 beams and 0.120 greedy (`--num-beams 1`).
+DEFAULT_BEAMS = 3
 
 
 def _ptb_tokenize(texts: dict[str, list[str]]) -> dict[str, list[str]] | None:
