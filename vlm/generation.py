@@ -39,7 +39,7 @@ class AnswerNoRepeatNGram(LogitsProcessor):
         for row, ids in enumerate(answers):
             if len(ids) < n - 1:
                 continue
-            head = ids[len(ids) - n + 1:] if n > 1 else []
+            head = ids[len(ids) - n + 1:]  # the last n - 1 tokens (none for n = 1)
             banned = {ids[i + n - 1] for i in range(len(ids) - n + 1) if ids[i:i + n - 1] == head}
             if banned:
                 scores[row, list(banned)] = -float("inf")
@@ -124,8 +124,12 @@ def _with_prefix(model, batch, kwargs: dict) -> dict:
     return kwargs
 
 
+def _batch_kwargs(model, processor, batch, opts: GenerationOptions) -> dict:
+    return _with_prefix(model, batch, generate_kwargs(model, processor, opts, batch["input_ids"].shape[1]))
+
+
 def generate(model, processor, batch, opts: GenerationOptions, cancel: threading.Event | None = None) -> list[str]:
-    kwargs = _with_prefix(model, batch, generate_kwargs(model, processor, opts, batch["input_ids"].shape[1]))
+    kwargs = _batch_kwargs(model, processor, batch, opts)
     if cancel is not None:
         kwargs["stopping_criteria"] = StoppingCriteriaList([CancelCriteria(cancel)])
     with torch.inference_mode(), _seeded(opts.seed):
@@ -143,7 +147,7 @@ def stream(model, processor, batch, opts: GenerationOptions, cancel: threading.E
         yield from generate(model, processor, batch, opts, cancel)
         return
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = _with_prefix(model, batch, generate_kwargs(model, processor, opts, batch["input_ids"].shape[1]))
+    kwargs = _batch_kwargs(model, processor, batch, opts)
     kwargs.update(streamer=streamer, stopping_criteria=StoppingCriteriaList([CancelCriteria(cancel)]))
     errors: list[BaseException] = []
 

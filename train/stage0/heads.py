@@ -27,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N images of each split (quick runs)")
 
 
+def _rounded(metrics: dict) -> dict:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
 def _pooled(tower, paths: list[str], size: int, mean, std, batch: int = 128):
     import torch
     from PIL import Image
@@ -78,7 +82,7 @@ def fit_heads(vision: str, data_dir: str, out: str | None = None, llm: str = "sm
     from vlm.eval.retrieval_task import CLIP_MEAN, CLIP_STD
 
     from . import data as D
-    from .probe import cca_as_linear, cca_probe, per_image_targets, ridge_as_linear, ridge_probe
+    from .probe import HeadFit, best_head, closed_form_heads
 
     t0 = time.time()
     folder, out_dir = Path(vision), Path(out or vision)
@@ -93,35 +97,31 @@ def fit_heads(vision: str, data_dir: str, out: str | None = None, llm: str = "sm
     feats = {s: _pooled(tower, sp.images, size, mean, std) for s, sp in splits.items()}
     log(f"features: train {tuple(feats['train'].shape)}, dev {tuple(feats['dev'].shape)} in {time.time() - t0:.0f}s")
 
-    candidates = {}
+    fits = []
     if side is not None:  # the folder's own head competes
         head = ImageHead(tower.config.hidden_size, spec.embed_dim)
         head.load_state_dict(load_file(str(folder / HEAD_FILE)))
         with torch.no_grad():
             current = recall_at_k(head(feats["dev"]) @ side.unit(states["dev"]).t(), owners["dev"])
-        candidates["current"] = (current, None, side, spec.head)
-    targets = per_image_targets(units["train"], owners["train"], len(feats["train"]))
-    ridge, fit = ridge_probe(feats["train"], targets, feats["dev"], units["dev"], owners["dev"])
-    candidates["ridge"] = (ridge, ridge_as_linear(*fit), base_side, "ridge")
-    cca, cfit = cca_probe(feats["train"], owners["train"], units["train"], feats["dev"], units["dev"], owners["dev"])
-    candidates["cca"] = (cca, cca_as_linear(cfit), base_side.with_projection(cfit.y_mean, cfit.y_proj), "cca")
-    for name, (r, *_rest) in candidates.items():
-        log(f"{name}: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}))
-    best = max(candidates, key=lambda n: candidates[n][0]["t2i_r5"])
-    recalls, state, chosen_side, kind = candidates[best]
+        fits.append(HeadFit("current", current, None, side))
+    fits += closed_form_heads(feats["train"], owners["train"], units["train"], feats["dev"], units["dev"],
+                              owners["dev"], base_side)
+    for f in fits:
+        log(f"{f.name}: {json.dumps(_rounded(f.recalls))}")
+    chosen = best_head(fits)
     if out_dir.resolve() != folder.resolve():  # a copy of the tower with its new heads
         import shutil
 
         shutil.copytree(folder, out_dir, dirs_exist_ok=True)
-    if state is not None:  # a new head won
-        spec.head, spec.embed_dim = kind, chosen_side.dim
-        save_file({k: v.float().contiguous() for k, v in state.items()}, str(out_dir / HEAD_FILE))
-        chosen_side.save(out_dir)
+    if chosen.state is not None:  # a new head won
+        spec.head, spec.embed_dim = chosen.name, chosen.side.dim
+        save_file({k: v.float().contiguous() for k, v in chosen.state.items()}, str(out_dir / HEAD_FILE))
+        chosen.side.save(out_dir)
         spec.save(out_dir)
-    summary = {"chosen": best, "dev": {k: round(v, 4) if isinstance(v, float) else v for k, v in recalls.items()},
-               "candidates": {n: round(c[0]["t2i_r5"], 4) for n, c in candidates.items()},
+    summary = {"chosen": chosen.name, "dev": _rounded(chosen.recalls),
+               "candidates": {f.name: round(f.recalls["t2i_r5"], 4) for f in fits},
                "seconds": round(time.time() - t0, 1), "out": str(out_dir)}
-    log(f"kept {best} head: dev t2i R@5 {recalls['t2i_r5']:.4f} -> {out_dir}")
+    log(f"kept {chosen.name} head: dev t2i R@5 {chosen.recalls['t2i_r5']:.4f} -> {out_dir}")
     return summary
 
 

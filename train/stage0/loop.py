@@ -19,7 +19,7 @@ from .config import Stage0Config
 from .export import export_tower
 from .losses import cosine_distill, info_nce, standardize
 from .model import Student, match_grid
-from .probe import cca_as_linear, cca_probe, per_image_targets, ridge_as_linear, ridge_probe
+from .probe import HeadFit, best_head, closed_form_heads, per_image_targets, ridge_probe
 from .teacher import OpenNSFWTeacher, cached_teacher_features, teacher_features
 from .text_targets import load_text_llm, load_text_tokenizer, text_states
 
@@ -167,24 +167,17 @@ def train(cfg: Stage0Config) -> dict:
         nonlocal best
         t = time.time()
         dev_pooled = pooled_features(student, dv["pixels"], cfg.tower.image_size, cfg.bf16)
-        r = evaluate(student, dev_pooled, dv_unit, dv["owner"])
         spec.logit_scale = float(student.logit_scale(cfg.max_logit_scale).detach())
-        spec.head, head_state, side = "contrastive", None, text_side
-        log(f"eval step {step}: contrastive head {json.dumps({k: round(v, 4) for k, v in r.items()})}")
+        fits = [HeadFit("contrastive", evaluate(student, dev_pooled, dv_unit, dv["owner"]), None, text_side)]
         if cfg.ridge_head or cfg.cca_head:  # closed-form heads on clean (un-augmented) train features
             train_pooled = pooled_features(student, tr["pixels"], cfg.tower.image_size, cfg.bf16)
-        if cfg.ridge_head:
-            ridge, fit = ridge_probe(train_pooled, image_targets, dev_pooled, dv_unit, dv["owner"])
-            log(f"eval step {step}: ridge head {json.dumps({k: round(v, 4) for k, v in ridge.items()})}")
-            if ridge["t2i_r5"] > r["t2i_r5"]:
-                r, spec.head, head_state = ridge, "ridge", ridge_as_linear(*fit)
-        if cfg.cca_head:
-            cca, cfit = cca_probe(train_pooled, tr["owner"], tr_unit, dev_pooled, dv_unit, dv["owner"])
-            log(f"eval step {step}: cca head {json.dumps({k: round(v, 4) for k, v in cca.items()})}")
-            if cca["t2i_r5"] > r["t2i_r5"]:
-                r, spec.head, head_state = cca, "cca", cca_as_linear(cfit)
-                side = text_side.with_projection(cfit.y_mean, cfit.y_proj)
-        spec.embed_dim = side.dim
+            fits += closed_form_heads(train_pooled, tr["owner"], tr_unit, dev_pooled, dv_unit, dv["owner"],
+                                      text_side, ridge=cfg.ridge_head, cca=cfg.cca_head)
+        for f in fits:
+            log(f"eval step {step}: {f.name} head {json.dumps({k: round(v, 4) for k, v in f.recalls.items()})}")
+        chosen = best_head(fits)
+        r, head_state, side = chosen.recalls, chosen.state, chosen.side
+        spec.head, spec.embed_dim = chosen.name, side.dim
         rec = {"step": step, "head": spec.head, **{k: round(v, 4) for k, v in r.items()},
                "eval_s": round(time.time() - t, 1)}
         history.append(rec)

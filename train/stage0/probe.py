@@ -9,7 +9,7 @@ from itertools import product
 import torch
 import torch.nn.functional as F
 
-from vlm.eval.retrieval import recall_at_k
+from vlm.eval.retrieval import TextSide, recall_at_k
 
 
 def per_image_targets(text_unit: torch.Tensor, owner: list[int], n_images: int) -> torch.Tensor:
@@ -123,3 +123,35 @@ def cca_probe(x_train: torch.Tensor, owner: list[int], train_unit: torch.Tensor,
 def cca_as_linear(fit: CcaFit) -> dict[str, torch.Tensor]:
     """The image side of a CCA fit as an ``ImageHead`` state dict."""
     return {"proj.weight": fit.x_proj.t().contiguous(), "proj.bias": (-fit.x_mean @ fit.x_proj).contiguous()}
+
+
+# ------------------------------------------------------------------------------------- choosing a head
+@dataclass
+class HeadFit:
+    """A candidate retrieval head: its dev recalls, its ``ImageHead`` state (``None``: the head already in
+    place) and the text side that goes with it."""
+
+    name: str
+    recalls: dict
+    state: dict[str, torch.Tensor] | None
+    side: TextSide
+
+
+def closed_form_heads(x_train: torch.Tensor, owner: list[int], train_unit: torch.Tensor, x_dev: torch.Tensor,
+                      dev_unit: torch.Tensor, dev_owner: list[int], side: TextSide, ridge: bool = True,
+                      cca: bool = True) -> list[HeadFit]:
+    """Ridge and/or CCA heads fitted on training features and caption units (of ``side``), scored on dev."""
+    fits = []
+    if ridge:
+        targets = per_image_targets(train_unit, owner, len(x_train))
+        r, fit = ridge_probe(x_train, targets, x_dev, dev_unit, dev_owner)
+        fits.append(HeadFit("ridge", r, ridge_as_linear(*fit), side))
+    if cca:
+        r, fit = cca_probe(x_train, owner, train_unit, x_dev, dev_unit, dev_owner)
+        fits.append(HeadFit("cca", r, cca_as_linear(fit), side.with_projection(fit.y_mean, fit.y_proj)))
+    return fits
+
+
+def best_head(fits: list[HeadFit]) -> HeadFit:
+    """The highest dev text-to-image R@5; on a tie, the earlier candidate."""
+    return max(fits, key=lambda f: f.recalls["t2i_r5"])

@@ -115,8 +115,10 @@ def extract_page(vlm, image, lines: list[OcrLine], doc: DocSchema, opts: Generat
     machine = _machine(doc, ocr_text if ground else None)
     eos = _eos_ids(vlm)
     proc = JsonLogitsProcessor(machine, token_texts(vlm.processor.tokenizer), eos, prompt_length)
-    # the grammar decides what may follow: stop strings and repetition rules would fight it
-    plain = replace(opts, stop=[], repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1)
+    # the grammar decides what may follow: only the sampling options carry over (no stop strings,
+    # repetition rules or beams to fight it)
+    plain = GenerationOptions(max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, top_p=opts.top_p,
+                              seed=opts.seed)
     kwargs = generation.generate_kwargs(vlm.model, vlm.processor, plain)
     kwargs.update(logits_processor=LogitsProcessorList([proc]), eos_token_id=eos)
     with torch.inference_mode(), generation._seeded(opts.seed):
