@@ -12,7 +12,7 @@ from vlm.documents import DocumentError
 from vlm.extract import fields_answer, fields_prompt, format_ocr
 from vlm.extract.constrained import JsonLogitsProcessor, JsonObjectMachine, ValueRule, token_texts
 from vlm.extract.prompts import TEMPLATES, get_template
-from vlm.extract.schema import ExtractionError, SchemaError, parse_date, parse_number, resolve_schema
+from vlm.extract.schema import ExtractionError, SchemaError, coerce, parse_date, parse_number, resolve_schema
 from vlm.ocr import ocr_stats, run_ocr
 
 FIELDS = ["company", "date", "address", "total"]
@@ -175,6 +175,18 @@ def test_typing_rules():
     assert parse_number("1.234,50") == 1234.5 and parse_number("12,5") == 12.5
     assert parse_number("7", integer=True) == 7 and parse_number("7.5", integer=True) is None
     assert parse_number("n/a") is None
+
+
+def test_receipt_template_upper_cases_its_text_fields():
+    """Grounding ignores case, so a value copied from mixed-case OCR may come out mixed ("PLaza"); the receipt
+    template returns company and address upper-cased, as SROIE labels them. Other sources keep the case."""
+    receipt = {f.name: f for f in resolve_schema(template="receipt").fields}
+    assert [n for n, f in receipt.items() if f.upper] == ["company", "address"]
+    assert coerce(receipt["address"], "LOT 6, JALAN BATAI,  PLaza BATAI") == "LOT 6, JALAN BATAI, PLAZA BATAI"
+    assert coerce(receipt["total"], "RM9.00") == "RM9.00" and coerce(receipt["company"], None) is None
+    plain = resolve_schema(fields=FIELDS).fields[0]
+    assert coerce(plain, "Plaza Batai") == "Plaza Batai"
+    assert not any(f.upper for f in resolve_schema(template="invoice").fields)
 
 
 # -- the pipeline ------------------------------------------------------------------------------------

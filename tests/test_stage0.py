@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -237,3 +238,71 @@ def test_fit_heads_on_a_clip_checkpoint_and_on_a_stage0_tower(tmp_path, data_dir
     report = evaluate_retrieval(flickr / "dev.jsonl", str(tmp_path / "with-heads"), tmp_path / "eval", limit=40,
                                 progress=False)
     assert abs(report["systems"]["tower"]["t2i_r5"] - max(again["candidates"].values())) < 0.02
+
+
+def _tiny_stage0(tmp_path, data_dir, **over):
+    from train.stage0.config import Stage0Config
+    from vlm.config import TowerPreset
+
+    kw = dict(
+        data_dir=str(data_dir / "flickr8k"), out_dir=str(tmp_path / "tower"), cache_dir=str(tmp_path.parent / "cache"),
+        tower=TowerPreset(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=2, num_attention_heads=2),
+        train_limit=8, dev_limit=4, batch_size=4, lr=3e-3, warmup_steps=1, max_steps=6,
+        eval_every=3, save_every=3, log_every=1, threads=1, seed=0, ridge_head=False, cca_head=False,
+    )
+    kw.update(over)
+    return Stage0Config(**kw)
+
+
+@pytest.mark.real
+def test_stage0_resume_is_exact_and_warm_start_loads_a_tower(tmp_path, data_dir, monkeypatch):
+    """A run killed after its step-3 checkpoint and resumed ends with the same weights, metrics and best
+    result as an uninterrupted run (random views, caption draws and a new epoch's order included); a
+    changed setting is refused; a warm start copies a tower folder's weights."""
+    from safetensors.torch import load_file
+
+    import train.stage0.loop as loop
+    from train.stage0.checkpoint import warm_start
+    from train.stage0.model import Student
+
+    full = loop.train(_tiny_stage0(tmp_path / "full", data_dir))
+
+    real_save = loop.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(_tiny_stage0(tmp_path / "cut", data_dir))
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert (tmp_path / "cut" / "tower.checkpoint" / "state.json").is_file()
+    with pytest.raises(ValueError, match="lr"):
+        loop.train(_tiny_stage0(tmp_path / "cut", data_dir, resume=True, lr=1e-3))
+    resumed = loop.train(_tiny_stage0(tmp_path / "cut", data_dir, resume=True, log_every=2))
+
+    assert resumed["steps"] == full["steps"] == 6 and resumed["images_seen"] == full["images_seen"] == 24
+    assert resumed["best"] == full["best"]
+    assert [h["step"] for h in resumed["history"]] == [3, 6]
+    a = load_file(str(tmp_path / "full" / "tower.last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "tower.last" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def losses(folder, kind="train"):
+        rows = [json.loads(x) for x in (folder / "tower_metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in rows if r.get("kind") == kind}
+
+    cut, whole = losses(tmp_path / "cut"), losses(tmp_path / "full")
+    assert sorted(cut) == [1, 2, 3, 4, 6]  # the resumed part logs every 2nd step; no duplicates kept
+    assert all(cut[s] == whole[s] for s in cut)
+
+    cfg = _tiny_stage0(tmp_path / "full", data_dir)
+    student = Student(cfg.tower.to_config(), teacher_dim=1024, text_dim=576)
+    loaded = warm_start(student, tmp_path / "full" / "tower.last")
+    assert loaded[:3] == ["tower", "spatial_head", "pooled_head"] and "image_head" in loaded
+    assert all(torch.equal(v.float(), a[k].float()) for k, v in student.tower.state_dict().items())
+    wide = replace(cfg.tower, hidden_size=48)
+    with pytest.raises(ValueError, match="--tower-"):
+        warm_start(Student(wide.to_config(), teacher_dim=1024, text_dim=576), tmp_path / "full" / "tower.last")

@@ -34,7 +34,7 @@ def _arg_type(default):
     return str
 
 
-_OPTIONAL_TYPES = {"cache_dir": str, "time_budget_min": float, "threads": int, "train_limit": int, "dev_limit": int}
+_OPTIONAL_TYPES = {"init_tower": str, "cache_dir": str, "time_budget_min": float, "threads": int, "train_limit": int, "dev_limit": int}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,8 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         default = getattr(base, f.name)
         kind = _optional(_OPTIONAL_TYPES[f.name]) if f.name in _OPTIONAL_TYPES else _arg_type(default)
+        flag = {"nargs": "?", "const": True} if isinstance(default, bool) else {}  # `--resume` = `--resume true`
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
-                            help=f"(default: {default})")
+                            help=f"(default: {default})", **flag)
     for f in fields(TowerPreset):
         parser.add_argument(f"--tower-{f.name.replace('_', '-')}", dest=f"tower__{f.name}", type=int, default=None,
                             help=f"(default: {getattr(base.tower, f.name)})")

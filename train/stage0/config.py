@@ -32,6 +32,9 @@ class Stage0Config:
     max_logit_scale: float = 100.0
     teacher_online: bool = False  # True: run the teacher on every augmented view; False: warp cached maps
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # starting point: resume <out_dir>.checkpoint exactly, or warm-start from a tower folder's weights
+    resume: bool = False
+    init_tower: str | None = None
     # optimisation
     batch_size: int = 96
     lr: float = 1e-3
@@ -46,7 +49,8 @@ class Stage0Config:
     train_limit: int | None = None
     dev_limit: int | None = None
     eval_every: int = 250
-    save_every: int = 250  # also export the latest weights to <out_dir>.last every N steps (0: never)
+    save_every: int = 250  # every N steps export the latest weights to <out_dir>.last and write the
+    #                        training state to <out_dir>.checkpoint (0: never)
     log_every: int = 10
 
     def to_dict(self) -> dict:

@@ -15,6 +15,7 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from vlm.eval.retrieval import RetrievalSpec, TextSide, chance_recall, recall_at_k
 
 from . import data as D
+from .checkpoint import LoopState, checkpoint_dir, restore_checkpoint, save_checkpoint, warm_start
 from .config import Stage0Config
 from .export import export_tower
 from .losses import cosine_distill, info_nce, standardize
@@ -34,6 +35,14 @@ class Logger:
     def __init__(self, path: Path | None):
         self.path = path
         self.t0 = time.time()
+
+    def drop_after(self, step: int) -> None:
+        """Forget the metric lines of steps after ``step`` (a resumed run redoes them)."""
+        if self.path is None or not self.path.is_file():
+            return
+        keep = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in keep))
 
     def __call__(self, msg: str, **metrics) -> None:
         stamp = f"[{time.time() - self.t0:7.1f}s]"
@@ -149,12 +158,21 @@ def train(cfg: Stage0Config) -> dict:
     spec = RetrievalSpec(text_model=cfg.llm, text_layer=cfg.text_layer, embed_dim=tr_unit.shape[1],
                          text_pooling="sif" if cfg.text_sif_a else "mean")
     gen = torch.Generator().manual_seed(cfg.seed)
+    state = LoopState(perm=torch.randperm(n_img, generator=gen).tolist())
+    ckpt = checkpoint_dir(out_dir)
+    if cfg.resume and (ckpt / "state.json").is_file():
+        state = restore_checkpoint(ckpt, student, opt, gen, cfg.to_dict())
+        log.drop_after(state.step)
+        log(f"resumed from {ckpt}: step {state.step}, {state.elapsed_s / 60:.1f} min of training done")
+    else:
+        if cfg.resume:
+            log(f"--resume: no checkpoint at {ckpt}; starting from scratch")
+        if cfg.init_tower:
+            log(f"warm start from {cfg.init_tower}: {', '.join(warm_start(student, cfg.init_tower))}")
 
-    best: dict | None = None
-    history = []
-    step, perm, pos = 0, torch.randperm(n_img, generator=gen), 0
-    t_train = time.time()
-    seen = 0
+    best, history = state.best, state.history
+    step, perm, pos, seen = state.step, torch.tensor(state.perm), state.pos, state.seen
+    t_train = time.time() - state.elapsed_s
     budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else None
 
     def progress() -> float:
@@ -238,11 +256,13 @@ def train(cfg: Stage0Config) -> dict:
             spec.head, spec.embed_dim = "contrastive", text_side.dim
             export_tower(student, out_dir.with_name(out_dir.name + ".last"), spec, text_side, MEAN, STD,
                          {"config": cfg.to_dict(), "step": step})
+            now = LoopState(step, seen, time.time() - t_train, perm.tolist(), pos, best, history)
+            save_checkpoint(ckpt, student, opt, gen, now, cfg.to_dict())
     if not history or history[-1]["step"] != step:
         do_eval()
     summary = {
         "best": best, "teacher_probe": probe, "chance": chance, "steps": step, "images_seen": seen,
-        "train_img_per_s": round(seen / max(1e-9, time.time() - t_train), 1),
+        "train_img_per_s": round(seen / max(1e-9, time.time() - t_train), 1),  # over the whole run if resumed
         "wall_s": round(time.time() - t_start, 1), "peak_rss_mib": round(peak_rss_mib(), 1),
         "history": history, "out_dir": str(out_dir),
     }

@@ -82,6 +82,7 @@ class Template:
     date_fields: tuple[str, ...] = ()  # returned as ISO dates (JSON Schema format: date)
     freeform: bool = False
     patterns: dict[str, str] = field(default_factory=dict)  # field -> value pattern (see ``patterns``)
+    upper_fields: tuple[str, ...] = ()  # values returned upper-cased (the template's labelling convention)
 
     def prompt(self, ocr_text: str) -> str:
         if self.freeform:
@@ -91,9 +92,12 @@ class Template:
 
 TEMPLATES: dict[str, Template] = {
     # The SROIE key fields, with no descriptions: identical to fields_prompt(["company", ...]) as trained;
-    # date and total are chosen among the OCR's date- and amount-shaped strings.
+    # date and total are chosen among the OCR's date- and amount-shaped strings. Company and address come
+    # back upper-cased, as SROIE labels them (and the model is trained to write them); grounding ignores
+    # case, so a value copied from mixed-case OCR ("Plaza") would otherwise keep a mixed case.
     "receipt": Template("receipt", ("company", "date", "address", "total"),
-                        patterns={"date": DATE_PATTERN, "total": AMOUNT_PATTERN}),
+                        patterns={"date": DATE_PATTERN, "total": AMOUNT_PATTERN},
+                        upper_fields=("company", "address")),
     "invoice": Template(
         "invoice",
         ("invoice_number", "invoice_date", "due_date", "seller", "buyer", "subtotal", "tax", "total", "currency"),

@@ -13,8 +13,9 @@ Typing rules (applied after decoding; the decoder itself emits grounded strings,
 - A value the model can't find is ``null``, never an invented string; every field is nullable. Validation
   runs against the schema with ``null`` allowed for each property; a pydantic model that requires a field
   the document lacks raises :class:`ExtractionError` naming it.
-- Strings are returned as found (whitespace collapsed); dates as found unless the schema says
-  ``format: date``, then ISO (day-first when ambiguous), or ``null`` when the text is no date.
+- Strings are returned as found (whitespace collapsed; upper-cased for a template's ``upper_fields``);
+  dates as found unless the schema says ``format: date``, then ISO (day-first when ambiguous), or ``null``
+  when the text is no date.
 - Amounts are strings exactly as printed unless the schema says number/integer.
 """
 from __future__ import annotations
@@ -47,6 +48,7 @@ class FieldSpec:
     max_length: int = DEFAULT_MAX_LENGTH
     description: str | None = None
     pattern: str | None = None  # values are OCR substrings matching it (see ``patterns``)
+    upper: bool = False  # string values are returned upper-cased (a template's convention, e.g. SROIE keys)
 
     @property
     def choices(self) -> tuple[str, ...] | None:
@@ -78,7 +80,7 @@ class DocSchema:
 
 
 # -- building --------------------------------------------------------------------------------------
-def from_fields(fields, date_fields=(), descriptions=None, patterns=None) -> DocSchema:
+def from_fields(fields, date_fields=(), descriptions=None, patterns=None, upper=()) -> DocSchema:
     if isinstance(fields, str):
         fields = [f for f in (p.strip() for p in fields.split(",")) if f]
     if not isinstance(fields, (list, tuple)) or not fields:
@@ -92,7 +94,7 @@ def from_fields(fields, date_fields=(), descriptions=None, patterns=None) -> Doc
         names.append(f.strip())
     descriptions, patterns = descriptions or {}, patterns or {}
     return DocSchema([FieldSpec(n, format="date" if n in date_fields else None, description=descriptions.get(n),
-                                pattern=patterns.get(n)) for n in names])
+                                pattern=patterns.get(n), upper=n in upper) for n in names])
 
 
 def _resolve(prop: dict, root: dict) -> dict:
@@ -207,7 +209,7 @@ def resolve_schema(fields=None, schema=None, template=None) -> DocSchema:
         t = get_template(template) if isinstance(template, str) else template
         if t.freeform:
             return DocSchema(freeform=True)
-        return from_fields(list(t.fields), t.date_fields, t.descriptions, t.patterns)
+        return from_fields(list(t.fields), t.date_fields, t.descriptions, t.patterns, t.upper_fields)
     if schema is not None:
         if isinstance(schema, dict):
             return from_json_schema(schema)
@@ -298,7 +300,7 @@ def coerce(spec: FieldSpec, value: str | None):
         return value if value in spec.enum else None
     if spec.format == "date":
         return parse_date(value)
-    return value[: spec.max_length]
+    return (value.upper() if spec.upper else value)[: spec.max_length]
 
 
 def _nullable(schema: dict) -> dict:
