@@ -298,6 +298,11 @@ def test_stage0_resume_is_exact_and_warm_start_loads_a_tower(tmp_path, data_dir,
     assert sorted(cut) == [1, 2, 3, 4, 6]  # the resumed part logs every 2nd step; no duplicates kept
     assert all(cut[s] == whole[s] for s in cut)
 
+    # a fresh run in the same place starts a new metrics file and removes the old checkpoint
+    loop.train(_tiny_stage0(tmp_path / "cut", data_dir, max_steps=2, save_every=0, eval_every=0))
+    assert sorted(losses(tmp_path / "cut")) == [1, 2]
+    assert not (tmp_path / "cut" / "tower.checkpoint").exists()
+
     cfg = _tiny_stage0(tmp_path / "full", data_dir)
     student = Student(cfg.tower.to_config(), teacher_dim=1024, text_dim=576)
     loaded = warm_start(student, tmp_path / "full" / "tower.last")

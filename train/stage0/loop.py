@@ -6,6 +6,7 @@ import json
 import math
 import random
 import resource
+import shutil
 import time
 from pathlib import Path
 
@@ -121,7 +122,13 @@ def train(cfg: Stage0Config) -> dict:
     random.seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    log = Logger(out_dir.parent / f"{out_dir.name}_metrics.jsonl")
+    ckpt = checkpoint_dir(out_dir)
+    resuming = cfg.resume and (ckpt / "state.json").is_file()
+    metrics = out_dir.parent / f"{out_dir.name}_metrics.jsonl"
+    if not resuming:  # a fresh run: its own metrics file, and no stale checkpoint to resume by mistake later
+        metrics.unlink(missing_ok=True)
+        shutil.rmtree(ckpt, ignore_errors=True)
+    log = Logger(metrics)
     log(f"config: {json.dumps(cfg.to_dict(), default=str)}")
     t_start = time.time()
     data = prepare_data(cfg, log)
@@ -159,8 +166,7 @@ def train(cfg: Stage0Config) -> dict:
                          text_pooling="sif" if cfg.text_sif_a else "mean")
     gen = torch.Generator().manual_seed(cfg.seed)
     state = LoopState(perm=torch.randperm(n_img, generator=gen).tolist())
-    ckpt = checkpoint_dir(out_dir)
-    if cfg.resume and (ckpt / "state.json").is_file():
+    if resuming:
         state = restore_checkpoint(ckpt, student, opt, gen, cfg.to_dict())
         log.drop_after(state.step)
         log(f"resumed from {ckpt}: step {state.step}, {state.elapsed_s / 60:.1f} min of training done")
