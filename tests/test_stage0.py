@@ -125,6 +125,8 @@ def test_cli_flags_map_onto_the_config(tmp_path):
         "--time-budget-min", "none", "--train-limit", "16"]))
     assert cfg.batch_size == 8 and cfg.tower.hidden_size == 64 and cfg.augment.flip == 0.0
     assert cfg.bf16 is False and cfg.time_budget_min is None and cfg.train_limit == 16
+    cfg = config_from_args(parser.parse_args(["--resume", "--init-tower", "runs/tower.last"]))
+    assert cfg.resume is True and cfg.init_tower == "runs/tower.last" and cfg.bf16 is True
     with pytest.raises(ValueError, match="batch_size"):
         config_from_args(parser.parse_args(["--batch-size", "1"]))
 
@@ -164,6 +166,9 @@ def test_few_steps_on_real_images_lower_the_loss_and_export_a_tower(tmp_path, ti
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.1
     assert summary["best"] is not None and summary["steps"] == 30
+    fit = summary["history"][-1]  # distillation error on clean train and dev images, logged at each evaluation
+    assert all(0 <= fit[f"fit_{s}_{k}"] <= 2 for s in ("train", "dev") for k in ("spatial", "pooled"))
+    assert fit["fit_train_pooled"] < fit["fit_dev_pooled"] - 0.2  # 8 training images: it memorises them
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "retrieval.json",
                  "retrieval_head.safetensors", "retrieval_text.safetensors"):
         assert (out / name).is_file(), name

@@ -34,7 +34,8 @@ def _arg_type(default):
     return str
 
 
-_OPTIONAL_TYPES = {"init_tower": str, "cache_dir": str, "time_budget_min": float, "threads": int, "train_limit": int, "dev_limit": int}
+_OPTIONAL_TYPES = {"init_tower": str, "cache_dir": str, "time_budget_min": float, "threads": int, "train_limit": int,
+                   "dev_limit": int}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -107,6 +107,27 @@ def pooled_features(student: Student, pixels_uint8: torch.Tensor, size: int, bf1
     return torch.cat(outs)
 
 
+@torch.no_grad()
+def distill_error(student: Student, pixels_uint8: torch.Tensor, t_spatial: torch.Tensor, t_pooled: torch.Tensor,
+                  stats: tuple[torch.Tensor, ...], size: int, bf16: bool, batch: int = 200) -> dict[str, float]:
+    """Mean (1 - cosine) of the student's distillation outputs against the teacher's standardised features on
+    clean images. Train and dev values close together mean the tower underfits (too small or too short a
+    run); a dev value well above the train value means it overfits (too few images, too weak augmentation)."""
+    sp_mean, sp_std, po_mean, po_std = stats
+    student.eval()
+    sums = {"spatial": 0.0, "pooled": 0.0}
+    for st in range(0, len(pixels_uint8), batch):
+        x = D.to_student(pixels_uint8[st:st + batch].float() / 255.0, size, MEAN, STD)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            s_spatial, s_pooled, _ = student(x)
+        target = standardize(match_grid(t_spatial[st:st + batch].float(), student.grid), sp_mean, sp_std, 1)
+        sums["spatial"] += cosine_distill(s_spatial, target, dim=1).item() * len(x)
+        target = standardize(t_pooled[st:st + batch].float(), po_mean, po_std, 1)
+        sums["pooled"] += cosine_distill(s_pooled, target, dim=1).item() * len(x)
+    student.train()
+    return {k: v / max(1, len(pixels_uint8)) for k, v in sums.items()}
+
+
 def evaluate(student: Student, dev_pooled: torch.Tensor, text_unit: torch.Tensor, dev_owner: list[int]) -> dict:
     """Dev recall with the contrastively trained image head, from the tower's pooled dev features."""
     with torch.no_grad():
@@ -150,6 +171,7 @@ def train(cfg: Stage0Config) -> dict:
     sp = tr["spatial"].float()
     sp_mean, sp_std = sp.mean((0, 2, 3)), sp.std((0, 2, 3)).clamp_min(1e-3)
     po_mean, po_std = tr["pooled"].mean(0), tr["pooled"].std(0).clamp_min(1e-3)
+    fit_stats = (sp_mean, sp_std, po_mean, po_std)
     del sp
 
     tcfg = cfg.tower.to_config()
@@ -202,7 +224,12 @@ def train(cfg: Stage0Config) -> dict:
         chosen = best_head(fits)
         r, head_state, side = chosen.recalls, chosen.state, chosen.side
         spec.head, spec.embed_dim = chosen.name, side.dim
-        rec = {"step": step, "head": spec.head, **{k: round(v, 4) for k, v in r.items()},
+        n_fit = min(len(tr["pixels"]), len(dv["pixels"]))  # as many train images as dev ones
+        fit = {f"fit_{name}_{k}": round(v, 4)
+               for name, d in (("train", tr), ("dev", dv))
+               for k, v in distill_error(student, d["pixels"][:n_fit], d["spatial"][:n_fit], d["pooled"][:n_fit],
+                                         fit_stats, cfg.tower.image_size, cfg.bf16).items()}
+        rec = {"step": step, "head": spec.head, **{k: round(v, 4) for k, v in r.items()}, **fit,
                "eval_s": round(time.time() - t, 1)}
         history.append(rec)
         log(f"eval step {step}: {json.dumps(rec)}", kind="eval", **rec)
