@@ -8,6 +8,7 @@ import random
 import resource
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -107,23 +108,42 @@ def pooled_features(student: Student, pixels_uint8: torch.Tensor, size: int, bf1
     return torch.cat(outs)
 
 
+@dataclass(frozen=True)
+class TeacherStats:
+    """Per-channel statistics of the training images' teacher features; targets are standardised with them."""
+
+    sp_mean: torch.Tensor
+    sp_std: torch.Tensor
+    po_mean: torch.Tensor
+    po_std: torch.Tensor
+
+    @classmethod
+    def of(cls, spatial: torch.Tensor, pooled: torch.Tensor) -> "TeacherStats":
+        sp = spatial.float()
+        return cls(sp.mean((0, 2, 3)), sp.std((0, 2, 3)).clamp_min(1e-3), pooled.mean(0),
+                   pooled.std(0).clamp_min(1e-3))
+
+    def targets(self, spatial: torch.Tensor, pooled: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standardised (spatial map at the student's grid, pooled vector) distillation targets."""
+        return (standardize(match_grid(spatial.float(), grid), self.sp_mean, self.sp_std, 1),
+                standardize(pooled.float(), self.po_mean, self.po_std, 1))
+
+
 @torch.no_grad()
 def distill_error(student: Student, pixels_uint8: torch.Tensor, t_spatial: torch.Tensor, t_pooled: torch.Tensor,
-                  stats: tuple[torch.Tensor, ...], size: int, bf16: bool, batch: int = 200) -> dict[str, float]:
+                  stats: TeacherStats, size: int, bf16: bool, batch: int = 200) -> dict[str, float]:
     """Mean (1 - cosine) of the student's distillation outputs against the teacher's standardised features on
     clean images. Train and dev values close together mean the tower underfits (too small or too short a
     run); a dev value well above the train value means it overfits (too few images, too weak augmentation)."""
-    sp_mean, sp_std, po_mean, po_std = stats
     student.eval()
     sums = {"spatial": 0.0, "pooled": 0.0}
     for st in range(0, len(pixels_uint8), batch):
         x = D.to_student(pixels_uint8[st:st + batch].float() / 255.0, size, MEAN, STD)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             s_spatial, s_pooled, _ = student(x)
-        target = standardize(match_grid(t_spatial[st:st + batch].float(), student.grid), sp_mean, sp_std, 1)
-        sums["spatial"] += cosine_distill(s_spatial, target, dim=1).item() * len(x)
-        target = standardize(t_pooled[st:st + batch].float(), po_mean, po_std, 1)
-        sums["pooled"] += cosine_distill(s_pooled, target, dim=1).item() * len(x)
+        spatial, pooled = stats.targets(t_spatial[st:st + batch], t_pooled[st:st + batch], student.grid)
+        sums["spatial"] += cosine_distill(s_spatial, spatial, dim=1).item() * len(x)
+        sums["pooled"] += cosine_distill(s_pooled, pooled, dim=1).item() * len(x)
     student.train()
     return {k: v / max(1, len(pixels_uint8)) for k, v in sums.items()}
 
@@ -168,11 +188,7 @@ def train(cfg: Stage0Config) -> dict:
     log(f"chance (dev): {json.dumps({k: round(v, 4) for k, v in chance.items()})}")
 
     # standardisation statistics of the teacher targets
-    sp = tr["spatial"].float()
-    sp_mean, sp_std = sp.mean((0, 2, 3)), sp.std((0, 2, 3)).clamp_min(1e-3)
-    po_mean, po_std = tr["pooled"].mean(0), tr["pooled"].std(0).clamp_min(1e-3)
-    fit_stats = (sp_mean, sp_std, po_mean, po_std)
-    del sp
+    stats = TeacherStats.of(tr["spatial"], tr["pooled"])
 
     tcfg = cfg.tower.to_config()
     student = Student(tcfg, teacher_dim=tr["pooled"].shape[1], text_dim=tr_unit.shape[1],
@@ -228,7 +244,7 @@ def train(cfg: Stage0Config) -> dict:
         fit = {f"fit_{name}_{k}": round(v, 4)
                for name, d in (("train", tr), ("dev", dv))
                for k, v in distill_error(student, d["pixels"][:n_fit], d["spatial"][:n_fit], d["pooled"][:n_fit],
-                                         fit_stats, cfg.tower.image_size, cfg.bf16).items()}
+                                         stats, cfg.tower.image_size, cfg.bf16).items()}
         rec = {"step": step, "head": spec.head, **{k: round(v, 4) for k, v in r.items()}, **fit,
                "eval_s": round(time.time() - t, 1)}
         history.append(rec)
@@ -258,8 +274,7 @@ def train(cfg: Stage0Config) -> dict:
         else:
             t_spatial = D.warp_maps(tr["spatial"][idx].float(), theta)
             t_pooled = tr["pooled"][idx]
-        t_spatial = standardize(match_grid(t_spatial, student.grid), sp_mean, sp_std, 1)
-        t_pooled = standardize(t_pooled, po_mean, po_std, 1)
+        t_spatial, t_pooled = stats.targets(t_spatial, t_pooled, student.grid)
         cap = torch.tensor([random.choice(caps_of[int(i)]) for i in idx])
         text = tr_unit[cap]
         pixels = D.to_student(view, cfg.tower.image_size, MEAN, STD)

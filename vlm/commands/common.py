@@ -19,7 +19,8 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num-beams", type=int, default=None, help="beam search width (default: 1 = greedy, except `vlm eval captions`: 3)")
+    parser.add_argument("--num-beams", type=int, default=None,
+                        help="beam search width (default: 1 = greedy, except `vlm eval captions`: 3)")
     parser.add_argument("--repetition-penalty", type=float, default=None,
                         help="> 1 discourages tokens already in the prompt or answer (default: off)")
     parser.add_argument("--no-repeat-ngram-size", type=int, default=None,
