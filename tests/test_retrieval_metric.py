@@ -114,6 +114,29 @@ def test_sif_weights_discount_frequent_tokens(smollm2_dir):
     assert w[a_id] < w[dress_id] < w[unseen] == 1.0
 
 
+def test_bag_of_tokens_side_weights_rare_tokens_and_round_trips(smollm2_dir, tmp_path):
+    import math
+
+    from transformers import AutoTokenizer
+
+    from vlm.eval.retrieval import RetrievalSpec, TextSide
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    texts = ["A dog runs on the grass", "a dog jumps", "A man rides a bike", "a man and a dog", "A girl in a red dress"]
+    side = TextSide.bag(tok, texts, min_count=2)
+    column = {tok.decode([t]).strip(): j for j, t in enumerate(side.vocabulary.tolist())}
+    assert set(column) == {"a", "dog", "man"}  # lower-cased, so "A" and "a" are one token; singletons dropped
+    bags = side.states(None, tok, ["A DOG in the snow", "a man with a dog", "a volcano"], 0)
+    dog, man = math.log(5 / 3), math.log(5 / 2)  # idf; "a" is in every caption: idf 0
+    expected = torch.zeros(3, 3)
+    expected[0, column["dog"]] = 1.0
+    expected[1, column["dog"]], expected[1, column["man"]] = dog / math.hypot(dog, man), man / math.hypot(dog, man)
+    assert torch.allclose(bags, expected, atol=1e-6)  # nothing known in "a volcano": a zero bag
+    side.save(tmp_path)
+    again = TextSide.load(tmp_path, RetrievalSpec("x", 0, 3, text_pooling="bag"))
+    assert torch.equal(again.vocabulary, side.vocabulary) and torch.equal(again.unit(bags), side.unit(bags))
+
+
 def test_ridge_head_folds_into_a_linear_layer():
     from train.stage0.probe import ridge_apply, ridge_as_linear, ridge_fit
     from vlm.eval.retrieval import ImageHead

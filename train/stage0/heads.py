@@ -1,10 +1,13 @@
 """``vlm train heads``: fit the retrieval heads of a frozen vision tower in closed form, choose on dev.
 
-Works on a stage-0 tower folder (its trained head competes with the fits; its text side is kept) and on
+Works on a stage-0 tower folder (its current head competes with the fits; its LLM text side is kept) and on
 any CLIP vision checkpoint (a text side is fitted from the configured LLM). Candidates: the folder's
-current head, a ridge image head, and a CCA head (image and text both projected into a shared space).
-The best on dev text-to-image R@5 is written as the folder's retrieval files (``vlm.eval.retrieval``);
-the tower's weights are never touched. Features are computed as ``vlm eval retrieval`` computes them.
+current head; a ridge image head and a CCA head (image and text both projected into a shared space) on the
+pooled output and the LLM text side; and a CCA head between richer image features (pooled output and mean
+patch tokens of the last two layers, averaged with the mirror image) and tf-idf bags of caption tokens
+("cca-bag"). The best on dev text-to-image R@5 is written as the folder's retrieval files
+(``vlm.eval.retrieval``); the tower's weights are never touched. Features are computed as
+``vlm eval retrieval`` computes them.
 """
 from __future__ import annotations
 
@@ -14,6 +17,9 @@ import time
 from pathlib import Path
 
 HELP = "fit a frozen tower's retrieval heads (ridge, CCA) on Flickr8k train, keep the best on dev"
+# The bag-of-tokens CCA's search grid (chosen on Flickr8k dev with vlm-tiny's tower; see docs/training.md).
+BAG_MIN_COUNT = 3
+BAG_GRID = dict(regs_x=(0.1, 0.3, 1.0), regs_y=(0.3, 1.0, 3.0), dims=(64, 96, 128, 192))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,58 +37,104 @@ def _rounded(metrics: dict) -> dict:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
 
 
-def _pooled(tower, paths: list[str], size: int, mean, std, batch: int = 128):
+def _features(tower, paths: list[str], size: int, mean, std, kind: str = "pooled", flip: bool = False,
+              batch: int = 128):
     import torch
     from PIL import Image
 
-    from vlm.eval.retrieval import preprocess_images
+    from vlm.eval.retrieval import image_features, preprocess_images
 
     outs = []
-    with torch.no_grad():
-        for start in range(0, len(paths), batch):
-            images = [Image.open(p) for p in paths[start:start + batch]]
-            pixels = preprocess_images(images, size, mean, std)
-            outs.append(tower(pixel_values=pixels.to(tower.dtype)).pooler_output.float())
+    for start in range(0, len(paths), batch):
+        images = [Image.open(p) for p in paths[start:start + batch]]
+        outs.append(image_features(tower, preprocess_images(images, size, mean, std), kind, flip))
     return torch.cat(outs)
 
 
-def _text_side(folder: Path, llm: str, text_layer: int, splits: dict, cache_dir: str | None):
-    """(spec, the folder's text side or None, its side without a projection, text states per split).
-    A folder without retrieval files gets a text side fitted as stage 0 fits it (SIF, one direction removed)."""
+def _llm_text_side(folder: Path, llm: str, text_layer: int, splits: dict, cache_dir: str | None):
+    """(spec, the folder's current text side or None, an LLM text side without projection, its text states per
+    split). A folder's own LLM side is kept (stage 0 trained the tower against it); a folder without
+    retrieval files, or with a bag-of-tokens side, gets one fitted as stage 0 fits it (SIF, one direction
+    removed)."""
     from vlm.eval.retrieval import SPEC_FILE, RetrievalSpec, TextSide, sif_weights
 
     from .config import Stage0Config
     from .text_targets import load_text_tokenizer, text_states
 
     defaults = Stage0Config()
+    side = None
     if (folder / SPEC_FILE).is_file():
         spec = RetrievalSpec.load(folder)
         side = TextSide.load(folder, spec)
-        weights = side.token_weight
     else:
         spec = RetrievalSpec(text_model=llm, text_layer=text_layer, embed_dim=0, text_pooling="sif")
-        side = None
-        weights = sif_weights(load_text_tokenizer(llm), splits["train"].flat_captions()[0], defaults.text_sif_a)
+    own = side is not None and side.vocabulary is None
+    if own:
+        weights = side.token_weight
+    else:
+        weights = sif_weights(load_text_tokenizer(spec.text_model), splits["train"].flat_captions()[0],
+                              defaults.text_sif_a)
     states = {s: text_states(sp.flat_captions()[0], spec.text_model, spec.text_layer, cache_dir, token_weight=weights)
               for s, sp in splits.items()}
-    if side is None:
-        base = TextSide.fit(states["train"], defaults.text_remove_components, weights)
-    else:
+    if own:
         base = TextSide(side.mean, side.components, side.token_weight)
+    else:
+        base = TextSide.fit(states["train"], defaults.text_remove_components, weights)
     return spec, side, base, states
+
+
+def _bag_head(tower, splits: dict, owners: dict, spec, size: int, mean, std):
+    """The "cca-bag" candidate: CCA between flip-averaged rich image features and bags of caption tokens."""
+    from vlm.eval.retrieval import TextSide
+
+    from .probe import HeadFit, cca_as_linear, cca_probe
+    from .text_targets import load_text_tokenizer
+
+    tokenizer = load_text_tokenizer(spec.text_model)
+    texts = {s: sp.flat_captions()[0] for s, sp in splits.items()}
+    bag = TextSide.bag(tokenizer, texts["train"], BAG_MIN_COUNT)
+    units = {s: bag.unit(bag.states(None, tokenizer, t, 0)) for s, t in texts.items()}
+    feats = {s: _features(tower, sp.images, size, mean, std, "pooled+means", True) for s, sp in splits.items()}
+    r, fit = cca_probe(feats["train"], owners["train"], units["train"], feats["dev"], units["dev"], owners["dev"],
+                       **BAG_GRID)
+    return HeadFit("cca-bag", r, cca_as_linear(fit), bag.with_projection(fit.y_mean, fit.y_proj), method="cca",
+                   image_features="pooled+means", flip_average=True)
+
+
+def _current_head(folder: Path, tower, spec, side, splits: dict, owners: dict, size: int, mean, std, llm_states):
+    """The folder's own head, scored as ``vlm eval retrieval`` scores it."""
+    import torch
+    from safetensors.torch import load_file
+
+    from vlm.eval.retrieval import HEAD_FILE, ImageHead, feature_width, recall_at_k
+
+    from .probe import HeadFit
+    from .text_targets import load_text_tokenizer
+
+    head = ImageHead(feature_width(tower.config.hidden_size, spec.image_features), spec.embed_dim)
+    head.load_state_dict(load_file(str(folder / HEAD_FILE)))
+    feats = _features(tower, splits["dev"].images, size, mean, std, spec.image_features, spec.flip_average)
+    if side.vocabulary is not None:
+        texts = side.states(None, load_text_tokenizer(spec.text_model), splits["dev"].flat_captions()[0], 0)
+    else:
+        texts = llm_states["dev"]
+    with torch.no_grad():
+        recalls = recall_at_k(head(feats) @ side.unit(texts).t(), owners["dev"])
+    return HeadFit("current", recalls, None, side, method=spec.head, image_features=spec.image_features,
+                   flip_average=spec.flip_average)
 
 
 def fit_heads(vision: str, data_dir: str, out: str | None = None, llm: str = "smollm2-135m-instruct",
               text_layer: int = 0, cache_dir: str | None = None, limit: int | None = None, log=print) -> dict:
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from vlm.compose import load_vision
-    from vlm.eval.retrieval import HEAD_FILE, ImageHead, recall_at_k
+    from vlm.eval.retrieval import HEAD_FILE
     from vlm.eval.retrieval_task import CLIP_MEAN, CLIP_STD
 
     from . import data as D
-    from .probe import HeadFit, best_head, closed_form_heads
+    from .probe import best_head, closed_form_heads
 
     t0 = time.time()
     folder, out_dir = Path(vision), Path(out or vision)
@@ -91,21 +143,18 @@ def fit_heads(vision: str, data_dir: str, out: str | None = None, llm: str = "sm
     size = tower.config.image_size
     mean, std = prep.get("image_mean", CLIP_MEAN), prep.get("image_std", CLIP_STD)
     splits = {s: D.load_split(data_dir, s, limit) for s in ("train", "dev")}
-    spec, side, base_side, states = _text_side(folder, llm, text_layer, splits, cache_dir)
+    spec, side, base_side, states = _llm_text_side(folder, llm, text_layer, splits, cache_dir)
     units = {s: base_side.unit(v) for s, v in states.items()}
     owners = {s: sp.flat_captions()[1] for s, sp in splits.items()}
-    feats = {s: _pooled(tower, sp.images, size, mean, std) for s, sp in splits.items()}
+    feats = {s: _features(tower, sp.images, size, mean, std) for s, sp in splits.items()}
     log(f"features: train {tuple(feats['train'].shape)}, dev {tuple(feats['dev'].shape)} in {time.time() - t0:.0f}s")
 
     fits = []
     if side is not None:  # the folder's own head competes
-        head = ImageHead(tower.config.hidden_size, spec.embed_dim)
-        head.load_state_dict(load_file(str(folder / HEAD_FILE)))
-        with torch.no_grad():
-            current = recall_at_k(head(feats["dev"]) @ side.unit(states["dev"]).t(), owners["dev"])
-        fits.append(HeadFit("current", current, None, side))
+        fits.append(_current_head(folder, tower, spec, side, splits, owners, size, mean, std, states))
     fits += closed_form_heads(feats["train"], owners["train"], units["train"], feats["dev"], units["dev"],
                               owners["dev"], base_side)
+    fits.append(_bag_head(tower, splits, owners, spec, size, mean, std))
     for f in fits:
         log(f"{f.name}: {json.dumps(_rounded(f.recalls))}")
     chosen = best_head(fits)
@@ -114,7 +163,9 @@ def fit_heads(vision: str, data_dir: str, out: str | None = None, llm: str = "sm
 
         shutil.copytree(folder, out_dir, dirs_exist_ok=True)
     if chosen.state is not None:  # a new head won
-        spec.head, spec.embed_dim = chosen.name, chosen.side.dim
+        spec.head, spec.embed_dim = chosen.method, chosen.side.dim
+        spec.image_features, spec.flip_average = chosen.image_features, chosen.flip_average
+        spec.text_pooling = "bag" if chosen.side.vocabulary is not None else "sif"
         save_file({k: v.float().contiguous() for k, v in chosen.state.items()}, str(out_dir / HEAD_FILE))
         chosen.side.save(out_dir)
         spec.save(out_dir)

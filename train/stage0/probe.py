@@ -4,7 +4,6 @@ projects both sides into a shared space where they correlate most."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import product
 
 import torch
 import torch.nn.functional as F
@@ -75,11 +74,6 @@ class CcaFit:
         return F.normalize((y.float() - self.y_mean) @ self.y_proj, dim=-1)
 
 
-def _inverse_sqrt(c: torch.Tensor) -> torch.Tensor:
-    e, v = torch.linalg.eigh(c)
-    return v @ torch.diag(e.clamp_min(1e-12).rsqrt()) @ v.T
-
-
 def _moments(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
     x, y = x.double(), y.double()
     mx, my = x.mean(0), y.mean(0)
@@ -88,19 +82,31 @@ def _moments(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return mx, my, xc.T @ xc / n, yc.T @ yc / n, xc.T @ yc / n
 
 
-def cca_fit(x: torch.Tensor, y: torch.Tensor, reg_x: float, reg_y: float, dims: int,
-            moments: tuple[torch.Tensor, ...] | None = None) -> CcaFit:
-    """Regularised CCA between paired rows of ``x`` (N, dx) and ``y`` (N, dy). ``reg_*`` adds that fraction
-    of the mean variance to each covariance's diagonal; ``dims`` canonical directions are kept.
-    ``moments``: the pair's means and covariances, when already computed (see :func:`cca_probe`)."""
-    mx, my, cxx, cyy, cxy = moments if moments is not None else _moments(x, y)
-    cxx = cxx + reg_x * cxx.diagonal().mean() * torch.eye(len(cxx), dtype=cxx.dtype)
-    cyy = cyy + reg_y * cyy.diagonal().mean() * torch.eye(len(cyy), dtype=cyy.dtype)
-    wx, wy = _inverse_sqrt(cxx), _inverse_sqrt(cyy)
+class _Whitener:
+    """``(C + reg * mean variance * I)^(-1/2)`` of a covariance ``C`` for any ``reg``, from one eigendecomposition
+    (the text side of a bag of tokens has thousands of dimensions, and the search tries several ``reg``)."""
+
+    def __init__(self, c: torch.Tensor):
+        self.values, self.vectors = torch.linalg.eigh(c)
+        self.scale = c.diagonal().mean()
+
+    def __call__(self, reg: float) -> torch.Tensor:
+        v = self.vectors
+        return v @ torch.diag((self.values.clamp_min(0) + reg * self.scale).clamp_min(1e-12).rsqrt()) @ v.T
+
+
+def _cca(mx, my, cxy, wx: torch.Tensor, wy: torch.Tensor, dims: int) -> CcaFit:
     u, s, vt = torch.linalg.svd(wx @ cxy @ wy)
     k = min(dims, len(s))
     a, b = wx @ u[:, :k] * s[:k], wy @ vt.T[:, :k] * s[:k]
     return CcaFit(mx.float(), a.float(), my.float(), b.float(), s[:k].float())
+
+
+def cca_fit(x: torch.Tensor, y: torch.Tensor, reg_x: float, reg_y: float, dims: int) -> CcaFit:
+    """Regularised CCA between paired rows of ``x`` (N, dx) and ``y`` (N, dy). ``reg_*`` adds that fraction
+    of the mean variance to each covariance's diagonal; ``dims`` canonical directions are kept."""
+    mx, my, cxx, cyy, cxy = _moments(x, y)
+    return _cca(mx, my, cxy, _Whitener(cxx)(reg_x), _Whitener(cyy)(reg_y), dims)
 
 
 def cca_probe(x_train: torch.Tensor, owner: list[int], train_unit: torch.Tensor, x_dev: torch.Tensor,
@@ -108,15 +114,19 @@ def cca_probe(x_train: torch.Tensor, owner: list[int], train_unit: torch.Tensor,
               dims=(64, 128, 192)):
     """CCA between each training caption and its image's features; the settings are chosen on dev t2i R@5.
     Returns (recalls with the settings, :class:`CcaFit`)."""
-    pairs_x = x_train[torch.as_tensor(owner)]
-    moments = _moments(pairs_x, train_unit)
+    mx, my, cxx, cyy, cxy = _moments(x_train[torch.as_tensor(owner)], train_unit)
+    white_x, white_y = _Whitener(cxx), _Whitener(cyy)
     best, fit = None, None
-    for rx, ry, k in product(regs_x, regs_y, dims):
-        f = cca_fit(pairs_x, train_unit, rx, ry, k, moments)
-        r = recall_at_k(f.images(x_dev) @ f.texts(dev_unit).t(), dev_owner)
-        r.update(reg_x=rx, reg_y=ry, dims=int(f.x_proj.shape[1]))
-        if best is None or r["t2i_r5"] > best["t2i_r5"]:
-            best, fit = r, f
+    for rx in regs_x:
+        wx = white_x(rx)
+        for ry in regs_y:
+            wy = white_y(ry)
+            for k in dims:
+                f = _cca(mx, my, cxy, wx, wy, k)
+                r = recall_at_k(f.images(x_dev) @ f.texts(dev_unit).t(), dev_owner)
+                r.update(reg_x=rx, reg_y=ry, dims=int(f.x_proj.shape[1]))
+                if best is None or r["t2i_r5"] > best["t2i_r5"]:
+                    best, fit = r, f
     return best, fit
 
 
@@ -129,12 +139,18 @@ def cca_as_linear(fit: CcaFit) -> dict[str, torch.Tensor]:
 @dataclass
 class HeadFit:
     """A candidate retrieval head: its dev recalls, its ``ImageHead`` state (``None``: the head already in
-    place) and the text side that goes with it."""
+    place), the text side that goes with it, and what it reads (see ``RetrievalSpec``)."""
 
     name: str
     recalls: dict
     state: dict[str, torch.Tensor] | None
     side: TextSide
+    method: str = ""  # RetrievalSpec.head; default: the name
+    image_features: str = "pooled"
+    flip_average: bool = False
+
+    def __post_init__(self):
+        self.method = self.method or self.name
 
 
 def closed_form_heads(x_train: torch.Tensor, owner: list[int], train_unit: torch.Tensor, x_dev: torch.Tensor,

@@ -44,7 +44,7 @@ def evaluate_retrieval(data, vision, out, *, limit=None, batch_size: int = 64, d
     step = max(batch_size, 1)
     for s in tqdm(range(0, len(records), step), desc="images", disable=not progress, leave=False):
         pil = [load_image(r.image) for r in records[s:s + step]]
-        img_chunks.append(embed_pixels(tower, head, preprocess_images(pil, size, mean, std), batch_size=step))
+        img_chunks.append(embed_pixels(tower, head, preprocess_images(pil, size, mean, std), step, spec))
     images = torch.cat(img_chunks)
     texts, owner = [], []
     for i, r in enumerate(records):
@@ -53,8 +53,16 @@ def evaluate_retrieval(data, vision, out, *, limit=None, batch_size: int = 64, d
             raise ValueError(f"record {r.id} has no captions")
         texts.extend(caps)
         owner.extend([i] * len(caps))
-    llm, tokenizer = load_llm(spec.text_model, dtype)
-    txt = TextSide.load(vision, spec).embed(llm, tokenizer, texts, spec.text_layer, batch_size=max(step, 64))
+    side = TextSide.load(vision, spec)
+    if side.vocabulary is None:
+        llm, tokenizer = load_llm(spec.text_model, dtype)
+    else:  # a bag of tokens needs only the tokenizer
+        from transformers import AutoTokenizer
+
+        from vlm.hub import resolve_llm
+
+        llm, tokenizer = None, AutoTokenizer.from_pretrained(resolve_llm(spec.text_model))
+    txt = side.embed(llm, tokenizer, texts, spec.text_layer, batch_size=max(step, 64))
     sim = images.float() @ txt.float().T
     metrics = recall_at_k(sim, owner)
     seconds = time.perf_counter() - start
@@ -69,7 +77,8 @@ def evaluate_retrieval(data, vision, out, *, limit=None, batch_size: int = 64, d
     systems = {
         "tower": {**metrics, "images": len(records), "texts": len(texts),
                   "note": f"stage-0 retrieval space ({spec.text_model} layer {spec.text_layer}, "
-                          f"{spec.text_pooling} pooling; {spec.head} image head)"},
+                          f"{spec.text_pooling} pooling; {spec.head} image head on {spec.image_features} features"
+                          f"{', flip-averaged' if spec.flip_average else ''})"},
         "chance": {**chance_recall(len(records), per_image), "images": len(records), "texts": len(texts),
                    "note": f"expected recall of a random ranking ({per_image} captions per image)"},
     }
