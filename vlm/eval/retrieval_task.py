@@ -74,11 +74,14 @@ def evaluate_retrieval(data, vision, out, *, limit=None, batch_size: int = 64, d
         log.append("tower", r.id, {"top5": [texts[j] for j in order[:5].tolist()],
                                    "best_own_rank": int(own[0]) if len(own) else None})
     per_image = round(len(texts) / len(records))
+    if side.vocabulary is None:
+        text_note = f"{spec.text_model} layer {spec.text_layer}, {spec.text_pooling} pooling"
+    else:
+        text_note = f"tf-idf bags of {len(side.vocabulary)} {spec.text_model} tokens"
     systems = {
         "tower": {**metrics, "images": len(records), "texts": len(texts),
-                  "note": f"stage-0 retrieval space ({spec.text_model} layer {spec.text_layer}, "
-                          f"{spec.text_pooling} pooling; {spec.head} image head on {spec.image_features} features"
-                          f"{', flip-averaged' if spec.flip_average else ''})"},
+                  "note": f"stage-0 retrieval space ({text_note}; {spec.head} image head on {spec.image_features} "
+                          f"features{', flip-averaged' if spec.flip_average else ''})"},
         "chance": {**chance_recall(len(records), per_image), "images": len(records), "texts": len(texts),
                    "note": f"expected recall of a random ranking ({per_image} captions per image)"},
     }
