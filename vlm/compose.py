@@ -40,6 +40,11 @@ def load_llm(llm: str | os.PathLike, dtype: torch.dtype = torch.float32):
     return model, tokenizer
 
 
+def load_tokenizer(llm: str | os.PathLike):
+    """The tokenizer of an LLM (registered name, local folder or cached hub id), without loading its weights."""
+    return AutoTokenizer.from_pretrained(hub.resolve_llm(llm))
+
+
 def load_vision(vision, dtype: torch.dtype = torch.float32) -> tuple[CLIPVisionModel, dict]:
     """(tower, preprocessing) for a ``CLIPVisionConfig`` (fresh tower), local folder or hub id.
 

@@ -12,6 +12,7 @@ patch tokens of the last two layers, averaged with the mirror image) and tf-idf 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -37,21 +38,36 @@ def _rounded(metrics: dict) -> dict:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
 
 
-def _features(tower, paths: list[str], size: int, mean, std, kind: str = "pooled", flip: bool = False,
-              batch: int = 128):
-    import torch
-    from PIL import Image
+class _Views:
+    """Each split's "pooled+means" features of its images and of their mirror images, computed once (one read
+    of every image); every candidate's features derive from them, as ``vlm.eval.retrieval.image_features``
+    computes them (the pooled output is their first block)."""
 
-    from vlm.eval.retrieval import image_features, preprocess_images
+    def __init__(self, tower, splits: dict, size: int, mean, std, batch: int = 128):
+        import torch
+        from PIL import Image
 
-    outs = []
-    for start in range(0, len(paths), batch):
-        images = [Image.open(p) for p in paths[start:start + batch]]
-        outs.append(image_features(tower, preprocess_images(images, size, mean, std), kind, flip))
-    return torch.cat(outs)
+        from vlm.eval.retrieval import image_features, preprocess_images
+
+        self.hidden = tower.config.hidden_size
+        self.plain, self.mirrored = {}, {}
+        for name, split in splits.items():
+            plain, mirrored = [], []
+            for start in range(0, len(split.images), batch):
+                images = [Image.open(p) for p in split.images[start:start + batch]]
+                pixels = preprocess_images(images, size, mean, std)
+                plain.append(image_features(tower, pixels, "pooled+means"))
+                mirrored.append(image_features(tower, pixels.flip(-1), "pooled+means"))
+            self.plain[name], self.mirrored[name] = torch.cat(plain), torch.cat(mirrored)
+
+    def get(self, split: str, kind: str = "pooled", flip: bool = False):
+        from vlm.eval.retrieval import feature_width
+
+        x = (self.plain[split] + self.mirrored[split]) / 2 if flip else self.plain[split]
+        return x[:, :feature_width(self.hidden, kind)]
 
 
-def _llm_text_side(folder: Path, llm: str, text_layer: int, splits: dict, cache_dir: str | None):
+def _llm_text_side(folder: Path, llm: str, text_layer: int, splits: dict, cache_dir: str | None, tokenizer):
     """(spec, the folder's current text side or None, an LLM text side without projection, its text states per
     split). A folder's own LLM side is kept (stage 0 trained the tower against it); a folder without
     retrieval files, or with a bag-of-tokens side, gets one fitted as stage 0 fits it (SIF, one direction
@@ -59,7 +75,7 @@ def _llm_text_side(folder: Path, llm: str, text_layer: int, splits: dict, cache_
     from vlm.eval.retrieval import SPEC_FILE, RetrievalSpec, TextSide, sif_weights
 
     from .config import Stage0Config
-    from .text_targets import load_text_tokenizer, text_states
+    from .text_targets import text_states
 
     defaults = Stage0Config()
     side = None
@@ -72,8 +88,7 @@ def _llm_text_side(folder: Path, llm: str, text_layer: int, splits: dict, cache_
     if own:
         weights = side.token_weight
     else:
-        weights = sif_weights(load_text_tokenizer(spec.text_model), splits["train"].flat_captions()[0],
-                              defaults.text_sif_a)
+        weights = sif_weights(tokenizer(spec.text_model), splits["train"].flat_captions()[0], defaults.text_sif_a)
     states = {s: text_states(sp.flat_captions()[0], spec.text_model, spec.text_layer, cache_dir, token_weight=weights)
               for s, sp in splits.items()}
     if own:
@@ -83,25 +98,24 @@ def _llm_text_side(folder: Path, llm: str, text_layer: int, splits: dict, cache_
     return spec, side, base, states
 
 
-def _bag_head(tower, splits: dict, owners: dict, spec, size: int, mean, std):
+def _bag_head(views: _Views, splits: dict, owners: dict, tokenizer):
     """The "cca-bag" candidate: CCA between flip-averaged rich image features and bags of caption tokens."""
     from vlm.eval.retrieval import TextSide
 
     from .probe import HeadFit, cca_as_linear, cca_probe
-    from .text_targets import load_text_tokenizer
 
-    tokenizer = load_text_tokenizer(spec.text_model)
     texts = {s: sp.flat_captions()[0] for s, sp in splits.items()}
     bag = TextSide.bag(tokenizer, texts["train"], BAG_MIN_COUNT)
     units = {s: bag.unit(bag.states(None, tokenizer, t, 0)) for s, t in texts.items()}
-    feats = {s: _features(tower, sp.images, size, mean, std, "pooled+means", True) for s, sp in splits.items()}
+    feats = {s: views.get(s, "pooled+means", True) for s in splits}
     r, fit = cca_probe(feats["train"], owners["train"], units["train"], feats["dev"], units["dev"], owners["dev"],
                        **BAG_GRID)
     return HeadFit("cca-bag", r, cca_as_linear(fit), bag.with_projection(fit.y_mean, fit.y_proj), method="cca",
                    image_features="pooled+means", flip_average=True)
 
 
-def _current_head(folder: Path, tower, spec, side, splits: dict, owners: dict, size: int, mean, std, llm_states):
+def _current_head(folder: Path, views: _Views, spec, side, dev_captions: list[str], dev_owner: list[int],
+                  llm_states: dict, tokenizer):
     """The folder's own head, scored as ``vlm eval retrieval`` scores it."""
     import torch
     from safetensors.torch import load_file
@@ -109,17 +123,13 @@ def _current_head(folder: Path, tower, spec, side, splits: dict, owners: dict, s
     from vlm.eval.retrieval import HEAD_FILE, ImageHead, feature_width, recall_at_k
 
     from .probe import HeadFit
-    from .text_targets import load_text_tokenizer
 
-    head = ImageHead(feature_width(tower.config.hidden_size, spec.image_features), spec.embed_dim)
+    head = ImageHead(feature_width(views.hidden, spec.image_features), spec.embed_dim)
     head.load_state_dict(load_file(str(folder / HEAD_FILE)))
-    feats = _features(tower, splits["dev"].images, size, mean, std, spec.image_features, spec.flip_average)
-    if side.vocabulary is not None:
-        texts = side.states(None, load_text_tokenizer(spec.text_model), splits["dev"].flat_captions()[0], 0)
-    else:
-        texts = llm_states["dev"]
+    feats = views.get("dev", spec.image_features, spec.flip_average)
+    texts = side.states(None, tokenizer, dev_captions, 0) if side.vocabulary is not None else llm_states["dev"]
     with torch.no_grad():
-        recalls = recall_at_k(head(feats) @ side.unit(texts).t(), owners["dev"])
+        recalls = recall_at_k(head(feats) @ side.unit(texts).t(), dev_owner)
     return HeadFit("current", recalls, None, side, method=spec.head, image_features=spec.image_features,
                    flip_average=spec.flip_average)
 
@@ -129,7 +139,7 @@ def fit_heads(vision: str, data_dir: str, out: str | None = None, llm: str = "sm
     import torch
     from safetensors.torch import save_file
 
-    from vlm.compose import load_vision
+    from vlm.compose import load_tokenizer, load_vision
     from vlm.eval.retrieval import HEAD_FILE
     from vlm.eval.retrieval_task import CLIP_MEAN, CLIP_STD
 
@@ -143,18 +153,21 @@ def fit_heads(vision: str, data_dir: str, out: str | None = None, llm: str = "sm
     size = tower.config.image_size
     mean, std = prep.get("image_mean", CLIP_MEAN), prep.get("image_std", CLIP_STD)
     splits = {s: D.load_split(data_dir, s, limit) for s in ("train", "dev")}
-    spec, side, base_side, states = _llm_text_side(folder, llm, text_layer, splits, cache_dir)
+    tokenizer = functools.cache(load_tokenizer)
+    spec, side, base_side, states = _llm_text_side(folder, llm, text_layer, splits, cache_dir, tokenizer)
     units = {s: base_side.unit(v) for s, v in states.items()}
     owners = {s: sp.flat_captions()[1] for s, sp in splits.items()}
-    feats = {s: _features(tower, sp.images, size, mean, std) for s, sp in splits.items()}
-    log(f"features: train {tuple(feats['train'].shape)}, dev {tuple(feats['dev'].shape)} in {time.time() - t0:.0f}s")
+    views = _Views(tower, splits, size, mean, std)
+    log(f"features: train {tuple(views.plain['train'].shape)}, dev {tuple(views.plain['dev'].shape)} "
+        f"(and mirrored) in {time.time() - t0:.0f}s")
 
     fits = []
     if side is not None:  # the folder's own head competes
-        fits.append(_current_head(folder, tower, spec, side, splits, owners, size, mean, std, states))
-    fits += closed_form_heads(feats["train"], owners["train"], units["train"], feats["dev"], units["dev"],
+        fits.append(_current_head(folder, views, spec, side, splits["dev"].flat_captions()[0], owners["dev"], states,
+                                  tokenizer(spec.text_model)))
+    fits += closed_form_heads(views.get("train"), owners["train"], units["train"], views.get("dev"), units["dev"],
                               owners["dev"], base_side)
-    fits.append(_bag_head(tower, splits, owners, spec, size, mean, std))
+    fits.append(_bag_head(views, splits, owners, tokenizer(spec.text_model)))
     for f in fits:
         log(f"{f.name}: {json.dumps(_rounded(f.recalls))}")
     chosen = best_head(fits)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from vlm.compose import load_tokenizer
 from vlm.eval.retrieval import RetrievalSpec, TextSide, chance_recall, recall_at_k
 
 from . import data as D
@@ -24,7 +25,7 @@ from .losses import cosine_distill, info_nce, standardize
 from .model import Student, match_grid
 from .probe import HeadFit, best_head, closed_form_heads, per_image_targets, ridge_probe
 from .teacher import OpenNSFWTeacher, cached_teacher_features, teacher_features
-from .text_targets import load_text_llm, load_text_tokenizer, text_states
+from .text_targets import load_text_llm, text_states
 
 MEAN, STD = list(OPENAI_CLIP_MEAN), list(OPENAI_CLIP_STD)
 
@@ -69,7 +70,7 @@ def prepare_data(cfg: Stage0Config, log: Logger) -> dict:
     if cfg.text_sif_a:
         from vlm.eval.retrieval import sif_weights
 
-        token_weight = sif_weights(load_text_tokenizer(cfg.llm), splits["train"].flat_captions()[0], cfg.text_sif_a)
+        token_weight = sif_weights(load_tokenizer(cfg.llm), splits["train"].flat_captions()[0], cfg.text_sif_a)
     text_llm = functools.cache(lambda: load_text_llm(cfg.llm))  # loaded once, and only on a cache miss
     for split, s in splits.items():
         t = time.time()
@@ -94,20 +95,6 @@ def prepare_data(cfg: Stage0Config, log: Logger) -> dict:
     return out
 
 
-@torch.no_grad()
-def pooled_features(student: Student, pixels_uint8: torch.Tensor, size: int, bf16: bool,
-                    batch: int = 200) -> torch.Tensor:
-    """The tower's pooled output (float32) for un-augmented images."""
-    student.eval()
-    outs = []
-    for st in range(0, len(pixels_uint8), batch):
-        x = D.to_student(pixels_uint8[st:st + batch].float() / 255.0, size, MEAN, STD)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            outs.append(student.tower(pixel_values=x).pooler_output.float())
-    student.train()
-    return torch.cat(outs)
-
-
 @dataclass(frozen=True)
 class TeacherStats:
     """Per-channel statistics of the training images' teacher features; targets are standardised with them."""
@@ -130,22 +117,33 @@ class TeacherStats:
 
 
 @torch.no_grad()
-def distill_error(student: Student, pixels_uint8: torch.Tensor, t_spatial: torch.Tensor, t_pooled: torch.Tensor,
-                  stats: TeacherStats, size: int, bf16: bool, batch: int = 200) -> dict[str, float]:
-    """Mean (1 - cosine) of the student's distillation outputs against the teacher's standardised features on
-    clean images. Train and dev values close together mean the tower underfits (too small or too short a
-    run); a dev value well above the train value means it overfits (too few images, too weak augmentation)."""
+def clean_pass(student: Student, pixels_uint8: torch.Tensor, size: int, bf16: bool, teacher: tuple | None = None,
+               batch: int = 200) -> tuple[torch.Tensor, dict[str, float] | None]:
+    """The tower's pooled output (float32) for un-augmented images and, with ``teacher`` = (spatial, pooled,
+    :class:`TeacherStats`) for the first n of them, the student's distillation error on those n in the same
+    pass: mean (1 - cosine) against the teacher's standardised features. Train and dev errors close together
+    mean the tower underfits (too small or too short a run); a dev error well above the train one means it
+    overfits (too few images, too weak augmentation)."""
     student.eval()
-    sums = {"spatial": 0.0, "pooled": 0.0}
+    n_fit = len(teacher[1]) if teacher is not None else 0
+    outs, sums = [], {"spatial": 0.0, "pooled": 0.0}
     for st in range(0, len(pixels_uint8), batch):
         x = D.to_student(pixels_uint8[st:st + batch].float() / 255.0, size, MEAN, STD)
+        k = min(n_fit - st, len(x))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            s_spatial, s_pooled, _ = student(x)
-        spatial, pooled = stats.targets(t_spatial[st:st + batch], t_pooled[st:st + batch], student.grid)
-        sums["spatial"] += cosine_distill(s_spatial, spatial, dim=1).item() * len(x)
-        sums["pooled"] += cosine_distill(s_pooled, pooled, dim=1).item() * len(x)
+            if k > 0:
+                s_spatial, pooled = student.encode(x)
+                s_pooled = student.pooled_head(pooled[:k])
+            else:
+                pooled = student.tower(pixel_values=x).pooler_output
+        outs.append(pooled.float())
+        if k > 0:
+            spatial, t_pooled = teacher[2].targets(teacher[0][st:st + k], teacher[1][st:st + k], student.grid)
+            sums["spatial"] += cosine_distill(s_spatial[:k], spatial, dim=1).item() * k
+            sums["pooled"] += cosine_distill(s_pooled, t_pooled, dim=1).item() * k
     student.train()
-    return {k: v / max(1, len(pixels_uint8)) for k, v in sums.items()}
+    errors = {name: v / max(1, n_fit) for name, v in sums.items()} if teacher is not None else None
+    return torch.cat(outs), errors
 
 
 def evaluate(student: Student, dev_pooled: torch.Tensor, text_unit: torch.Tensor, dev_owner: list[int]) -> dict:
@@ -228,11 +226,16 @@ def train(cfg: Stage0Config) -> dict:
     def do_eval():
         nonlocal best
         t = time.time()
-        dev_pooled = pooled_features(student, dv["pixels"], cfg.tower.image_size, cfg.bf16)
+        n_fit = min(len(tr["pixels"]), len(dv["pixels"]))  # distillation error on as many train images as dev
+        dev_pooled, dev_fit = clean_pass(student, dv["pixels"], cfg.tower.image_size, cfg.bf16,
+                                         (dv["spatial"][:n_fit], dv["pooled"][:n_fit], stats))
         spec.logit_scale = float(student.logit_scale(cfg.max_logit_scale).detach())
         fits = [HeadFit("contrastive", evaluate(student, dev_pooled, dv_unit, dv["owner"]), None, text_side)]
-        if cfg.ridge_head or cfg.cca_head:  # closed-form heads on clean (un-augmented) train features
-            train_pooled = pooled_features(student, tr["pixels"], cfg.tower.image_size, cfg.bf16)
+        closed_form = cfg.ridge_head or cfg.cca_head  # closed-form heads need clean features of every train image
+        train_pooled, train_fit = clean_pass(student, tr["pixels"] if closed_form else tr["pixels"][:n_fit],
+                                             cfg.tower.image_size, cfg.bf16,
+                                             (tr["spatial"][:n_fit], tr["pooled"][:n_fit], stats))
+        if closed_form:
             fits += closed_form_heads(train_pooled, tr["owner"], tr_unit, dev_pooled, dv_unit, dv["owner"],
                                       text_side, ridge=cfg.ridge_head, cca=cfg.cca_head)
         for f in fits:
@@ -240,11 +243,8 @@ def train(cfg: Stage0Config) -> dict:
         chosen = best_head(fits)
         r, head_state, side = chosen.recalls, chosen.state, chosen.side
         spec.head, spec.embed_dim = chosen.name, side.dim
-        n_fit = min(len(tr["pixels"]), len(dv["pixels"]))  # as many train images as dev ones
-        fit = {f"fit_{name}_{k}": round(v, 4)
-               for name, d in (("train", tr), ("dev", dv))
-               for k, v in distill_error(student, d["pixels"][:n_fit], d["spatial"][:n_fit], d["pooled"][:n_fit],
-                                         stats, cfg.tower.image_size, cfg.bf16).items()}
+        fit = {f"fit_{name}_{k}": round(v, 4) for name, errors in (("train", train_fit), ("dev", dev_fit))
+               for k, v in errors.items()}
         rec = {"step": step, "head": spec.head, **{k: round(v, 4) for k, v in r.items()}, **fit,
                "eval_s": round(time.time() - t, 1)}
         history.append(rec)

@@ -27,13 +27,16 @@ class Student(nn.Module):
         cfg = self.tower.config
         return cfg.image_size // cfg.patch_size
 
-    def forward(self, pixels: torch.Tensor):
-        """(spatial (N, D, g, g) from layer -2 patch tokens, pooled teacher-space (N, D), image emb (N, E))."""
+    def encode(self, pixels: torch.Tensor):
+        """(spatial (N, D, g, g) from layer -2 patch tokens, the tower's pooled output (N, hidden))."""
         out = self.tower(pixel_values=pixels, output_hidden_states=True)
         tokens = out.hidden_states[-2][:, 1:]  # what the LLaVA projector reads (CLS dropped)
         n, t, _ = tokens.shape
-        spatial = self.spatial_head(tokens).transpose(1, 2).reshape(n, -1, self.grid, self.grid)
-        pooled = out.pooler_output
+        return self.spatial_head(tokens).transpose(1, 2).reshape(n, -1, self.grid, self.grid), out.pooler_output
+
+    def forward(self, pixels: torch.Tensor):
+        """(spatial (N, D, g, g) from layer -2 patch tokens, pooled teacher-space (N, D), image emb (N, E))."""
+        spatial, pooled = self.encode(pixels)
         return spatial, self.pooled_head(pooled), self.image_head(pooled)
 
     def logit_scale(self, max_scale: float) -> torch.Tensor:

@@ -25,14 +25,6 @@ def cache_key(texts: list[str], llm_name: str, layer: int, token_weight: torch.T
     return h.hexdigest()[:16]
 
 
-def load_text_tokenizer(llm_name: str):
-    from transformers import AutoTokenizer
-
-    from vlm import hub
-
-    return AutoTokenizer.from_pretrained(hub.resolve_llm(llm_name))
-
-
 def load_text_llm(llm_name: str):
     """(model, tokenizer) of the frozen text side, in bf16 (fast on AMX; cosine to fp32 > 0.998)."""
     from vlm.compose import load_llm

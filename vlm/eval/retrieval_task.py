@@ -23,7 +23,7 @@ def evaluate_retrieval(data, vision, out, *, limit=None, batch_size: int = 64, d
     import torch
     from tqdm.auto import tqdm
 
-    from vlm.compose import load_llm
+    from vlm.compose import load_llm, load_tokenizer
     from vlm.images import load_image
 
     from .retrieval import (TextSide, chance_recall, embed_pixels, load_retrieval_tower, preprocess_images,
@@ -57,11 +57,7 @@ def evaluate_retrieval(data, vision, out, *, limit=None, batch_size: int = 64, d
     if side.vocabulary is None:
         llm, tokenizer = load_llm(spec.text_model, dtype)
     else:  # a bag of tokens needs only the tokenizer
-        from transformers import AutoTokenizer
-
-        from vlm.hub import resolve_llm
-
-        llm, tokenizer = None, AutoTokenizer.from_pretrained(resolve_llm(spec.text_model))
+        llm, tokenizer = None, load_tokenizer(spec.text_model)
     txt = side.embed(llm, tokenizer, texts, spec.text_layer, batch_size=max(step, 64))
     sim = images.float() @ txt.float().T
     metrics = recall_at_k(sim, owner)
