@@ -67,12 +67,12 @@ def tiny_vlm():
     import tempfile
 
     import torch
-    from transformers import AutoTokenizer, CLIPVisionConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import CLIPVisionConfig, LlamaConfig, LlamaForCausalLM
 
     from vlm import VLM
-    from vlm.hub import resolve_registered_llm
+    from vlm.compose import load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve_registered_llm("smollm2-135m-instruct"))
+    tok = load_tokenizer("smollm2-135m-instruct")
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,

@@ -25,24 +25,29 @@ from .errors import ModelNotFoundError
 from .processor import build_processor, ensure_image_token, image_token_count
 
 
+def _llm_not_found(llm, path: str, exc: Exception) -> ModelNotFoundError:
+    tried = f"registered name -> {path}" if str(llm) in hub.LLM_REGISTRY else f"path or hub id {path!r}"
+    known = ", ".join(sorted(hub.LLM_REGISTRY))
+    return ModelNotFoundError(f"could not load LLM {str(llm)!r} (tried: {tried}; registered names: {known}): {exc}")
+
+
 def load_llm(llm: str | os.PathLike, dtype: torch.dtype = torch.float32):
     """(model, tokenizer) for a registered name, a local folder or a hub id the user has cached."""
     path = hub.resolve_llm(llm)
-    tried = f"registered name -> {path}" if str(llm) in hub.LLM_REGISTRY else f"path or hub id {path!r}"
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        known = ", ".join(sorted(hub.LLM_REGISTRY))
-        raise ModelNotFoundError(
-            f"could not load LLM {str(llm)!r} (tried: {tried}; registered names: {known}): {exc}"
-        ) from None
-    return model, tokenizer
+        raise _llm_not_found(llm, path, exc) from None
+    return model, load_tokenizer(llm)
 
 
 def load_tokenizer(llm: str | os.PathLike):
     """The tokenizer of an LLM (registered name, local folder or cached hub id), without loading its weights."""
-    return AutoTokenizer.from_pretrained(hub.resolve_llm(llm))
+    path = hub.resolve_llm(llm)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise _llm_not_found(llm, path, exc) from None
 
 
 def load_vision(vision, dtype: torch.dtype = torch.float32) -> tuple[CLIPVisionModel, dict]:
