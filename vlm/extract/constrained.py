@@ -9,7 +9,10 @@ Supported output (exactly the canonical form ``json.dumps(obj, ensure_ascii=Fals
 what ``prompts.fields_answer`` trains on):
 - fixed keys: ``{"k1": V, "k2": V, ...}`` with the given keys in the given order;
 - free-form: ``{}`` or ``{"key": V, ...}`` with any keys (at most ``max_pairs`` pairs, keys up to 40 chars).
-``V`` is ``null`` or a string. A string value is either one of a closed set of choices (enum / boolean) or
+``V`` is ``null`` or a string (extraction's values). A rule may instead type its value (``ValueRule.kind``): a JSON
+number (``-12.5``; no exponent), an integer, a ``true``/``false`` literal, or ``any`` of string / number / boolean;
+and it may forbid ``null`` (``nullable=False``). Typed values are what ``vlm.extract.structured`` uses to answer
+any prompt with JSON that satisfies a JSON Schema. A string value is either one of a closed set of choices (enum / boolean) or
 free text that, when ``corpus`` is given, must be a substring of the corpus after whitespace collapsing and
 lower-casing, starting and ending at token boundaries of the corpus (grounding): a value never cuts a word
 or a number in two (``"DAMANSA"`` from ``"DAMANSARA"``, ``"12.0"`` from ``"12.00"``), while a cut between
@@ -26,6 +29,7 @@ With sampling, it samples among the allowed tokens of the top ``top_k``.
 from __future__ import annotations
 
 import json
+import re
 import weakref
 from dataclasses import dataclass
 
@@ -36,12 +40,35 @@ _ESCAPES = {'"': '"', "\\": "\\"}  # the only escapes json.dumps writes for prin
 MAX_KEY_LENGTH = 40
 
 
+VALUE_KINDS = ("string", "number", "integer", "boolean", "any")
+MAX_NUMBER_LENGTH = 24
+_NUMBER = {  # (prefix that can still become a number, complete number); plain decimals, no exponent
+    "number": (re.compile(r"-?(?:(?:0|[1-9]\d*)(?:\.\d*)?)?"), re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?")),
+    "integer": (re.compile(r"-?(?:0|[1-9]\d*)?"), re.compile(r"-?(?:0|[1-9]\d*)")),
+}
+_WORDS = {"null": None, "true": True, "false": False}
+
+
 @dataclass(frozen=True)
 class ValueRule:
-    """What a value may be: one of ``choices``, or free text up to ``max_length`` chars (grounded if corpus)."""
+    """What a value may be: one of ``choices``, or free text up to ``max_length`` chars (grounded if corpus).
+
+    ``kind`` other than ``"string"`` types the value: ``number`` / ``integer`` (a JSON number literal of at most
+    ``MAX_NUMBER_LENGTH`` chars), ``boolean`` (``true`` / ``false``), ``any`` (a string, a number or a boolean).
+    ``nullable=False`` forbids ``null``."""
 
     choices: tuple[str, ...] | None = None
     max_length: int = 200
+    kind: str = "string"
+    nullable: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in VALUE_KINDS:
+            raise ValueError(f"value kind must be one of {', '.join(VALUE_KINDS)}, got {self.kind!r}")
+        if self.choices is not None and self.kind != "string":
+            raise ValueError("choices apply to string values only")
+        if self.max_length < 1:
+            raise ValueError(f"max_length must be at least 1, got {self.max_length}")
 
 
 def normalise_corpus(text: str) -> str:
@@ -100,6 +127,8 @@ class JsonObjectMachine:
             rules = list(rules) if rules is not None else [ValueRule()] * len(keys)
             if len(rules) != len(keys):
                 raise ValueError("one rule per key")
+        if corpus is not None and not all(r.nullable for r in (rules or []) + [free_rule]):
+            raise ValueError("grounded values must be nullable: the corpus may hold no allowed value")
         self.keys = list(keys) if keys is not None else None
         self.rules = rules
         self.free_rule = free_rule
@@ -108,8 +137,9 @@ class JsonObjectMachine:
 
     # -- states ------------------------------------------------------------------------------------
     # ("lit", text, i, next)      writing a fixed literal; ``next`` follows it
-    # ("vstart", ctx)             a value starts: n(ull) or "
-    # ("null", i, ctx)            inside null
+    # ("vstart", ctx)             a value starts: n(ull), ", t(rue), f(alse), - or a digit, as its rule allows
+    # ("word", word, i, ctx)      inside null / true / false
+    # ("num", buf, ctx)           inside a number; it ends at the first character that cannot extend it
     # ("str", buf, esc, ctx)      inside a string value; buf is the decoded text so far
     # ("key", buf, esc, pairs)    free-form: inside a key
     # ("open", pairs)             free-form: after {, expecting " or }
@@ -141,9 +171,40 @@ class JsonObjectMachine:
         return ("next", ctx[1] + ((ctx[2], value),))
 
     def _can_open(self, rule: ValueRule) -> bool:
+        if rule.kind not in ("string", "any"):
+            return False
         if rule.choices is not None:
             return any(rule.choices)
         return self.grounding is None or bool(self.grounding.corpus)
+
+    def _value_start(self, ctx: tuple, ch: str) -> tuple | None:
+        rule = self._rule(ctx)
+        if ch == "n":
+            return ("word", "null", 1, ctx) if rule.nullable else None
+        if ch == '"':
+            return ("str", "", False, ctx) if self._can_open(rule) else None
+        if ch in "tf":
+            return ("word", "true" if ch == "t" else "false", 1, ctx) if rule.kind in ("boolean", "any") else None
+        if ch == "-" or ch.isdigit():
+            return self._number(ctx, rule, "", ch)
+        return None
+
+    def _number(self, ctx: tuple, rule: ValueRule, buf: str, ch: str) -> tuple | None:
+        """Extend a number by ``ch``; if ``ch`` cannot extend it, close the number and pass ``ch`` on."""
+        kind = "number" if rule.kind == "any" else rule.kind
+        if kind not in _NUMBER:
+            return None
+        prefix, complete = _NUMBER[kind]
+        text = buf + ch
+        if ch.isascii() and prefix.fullmatch(text):
+            done = complete.fullmatch(text) is not None
+            # an unfinished number needs one more character: keep room for it (no dead ends)
+            if len(text) < MAX_NUMBER_LENGTH or (done and len(text) == MAX_NUMBER_LENGTH):
+                return ("num", text, ctx)
+        if buf and complete.fullmatch(buf):
+            value = int(buf) if kind == "integer" else float(buf)
+            return self.step(self._after_value(ctx, value), ch)
+        return None
 
     def _value_ok(self, buf: str, rule: ValueRule) -> bool:
         if rule.choices is not None:
@@ -176,17 +237,15 @@ class JsonObjectMachine:
                 return None
             return ("lit", text, i + 1, nxt) if i + 1 < len(text) else nxt
         if kind == "vstart":
-            ctx = state[1]
-            if ch == "n":
-                return ("null", 1, ctx)
-            if ch == '"' and self._can_open(self._rule(ctx)):
-                return ("str", "", False, ctx)
-            return None
-        if kind == "null":
-            _, i, ctx = state
-            if "null"[i] != ch:
+            return self._value_start(state[1], ch)
+        if kind == "word":
+            _, word, i, ctx = state
+            if word[i] != ch:
                 return None
-            return ("null", i + 1, ctx) if i + 1 < 4 else self._after_value(ctx, None)
+            return ("word", word, i + 1, ctx) if i + 1 < len(word) else self._after_value(ctx, _WORDS[word])
+        if kind == "num":
+            _, buf, ctx = state
+            return self._number(ctx, self._rule(ctx), buf, ch)
         if kind == "str":
             _, buf, esc, ctx = state
             rule = self._rule(ctx)
@@ -253,7 +312,7 @@ class JsonObjectMachine:
         collected: tuple = ()
         if state is not None:
             kind = state[0]
-            if kind in ("vstart", "null", "str"):
+            if kind in ("vstart", "word", "num", "str"):
                 ctx = state[-1]
                 collected = ctx[2] if ctx[0] == "fixed" else ctx[1]
             elif kind in ("done", "open", "next"):
@@ -271,6 +330,18 @@ class JsonObjectMachine:
 
 
 # -- tokens ----------------------------------------------------------------------------------------
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every end-of-sequence id of the model's generation config and the tokenizer, in that order."""
+    ids: list[int] = []
+    for source in (model.generation_config.eos_token_id, tokenizer.eos_token_id):
+        if source is None:
+            continue
+        for i in source if isinstance(source, (list, tuple)) else [source]:
+            if int(i) not in ids:
+                ids.append(int(i))
+    return ids
+
+
 class TokenTexts:
     """The text each token id adds when decoded after other text (``None`` for special/partial tokens)."""
 

@@ -27,7 +27,7 @@ from ..documents import iter_pages
 from ..errors import InputError
 from ..messages import normalise, user_turn
 from ..ocr import OcrLine, run_ocr
-from .constrained import JsonLogitsProcessor, JsonObjectMachine, ValueRule, token_texts
+from .constrained import JsonLogitsProcessor, JsonObjectMachine, ValueRule, eos_token_ids, token_texts
 from .patterns import candidates
 from .prompts import Template, fields_prompt, format_ocr, freeform_prompt, get_template
 from .schema import DocSchema, coerce, resolve_schema, validate
@@ -63,14 +63,7 @@ def _prompt(doc: DocSchema, ocr_text: str) -> str:
 
 
 def _eos_ids(vlm) -> list[int]:
-    ids: list[int] = []
-    for source in (vlm.model.generation_config.eos_token_id, vlm.processor.tokenizer.eos_token_id):
-        if source is None:
-            continue
-        for i in source if isinstance(source, (list, tuple)) else [source]:
-            if i not in ids:
-                ids.append(int(i))
-    return ids
+    return eos_token_ids(vlm.model, vlm.processor.tokenizer)
 
 
 def _prompt_tokens(vlm, prompt: str) -> int:

@@ -49,6 +49,9 @@ class FieldSpec:
     description: str | None = None
     pattern: str | None = None  # values are OCR substrings matching it (see ``patterns``)
     upper: bool = False  # string values are returned upper-cased (a template's convention, e.g. SROIE keys)
+    # The JSON Schema allows null here (not required, or null among its types). Extraction ignores it (every
+    # field is nullable there); ``structured`` answers forbid null where this is False.
+    nullable: bool = True
 
     @property
     def choices(self) -> tuple[str, ...] | None:
@@ -109,13 +112,15 @@ def _resolve(prop: dict, root: dict) -> dict:
     return prop
 
 
-def _field_from_property(name: str, prop: Any, root: dict) -> FieldSpec:
+def _field_from_property(name: str, prop: Any, root: dict, required: bool = False) -> FieldSpec:
     if not isinstance(prop, dict):
         raise SchemaError(f"property {name!r} must be a JSON Schema object, got {prop!r}")
     prop = _resolve(prop, root)
+    allows_null = not required
     for key in ("anyOf", "oneOf"):
         if key in prop:  # Optional[X] from pydantic: anyOf [X, null]
             options = [_resolve(p, root) for p in prop[key] if isinstance(p, dict)]
+            allows_null = allows_null or any(p.get("type") == "null" for p in options)
             options = [p for p in options if p.get("type") != "null"]
             if len(options) != 1:
                 raise SchemaError(f"property {name!r}: only 'X or null' unions are supported")
@@ -126,6 +131,7 @@ def _field_from_property(name: str, prop: Any, root: dict) -> FieldSpec:
             prop = merged
     types = prop.get("type", "string" if "enum" in prop else None)
     if isinstance(types, list):
+        allows_null = allows_null or "null" in types
         types = [t for t in types if t != "null"]
         if len(types) != 1:
             raise SchemaError(f"property {name!r}: only a single type (plus null) is supported, got {prop['type']}")
@@ -139,6 +145,7 @@ def _field_from_property(name: str, prop: Any, root: dict) -> FieldSpec:
         )
     enum = prop.get("enum")
     if enum is not None:
+        allows_null = allows_null or None in enum
         enum = tuple(e for e in enum if e is not None)
         if not enum or not all(isinstance(e, str) and e for e in enum):
             raise SchemaError(f"property {name!r}: enum values must be non-empty strings")
@@ -156,7 +163,7 @@ def _field_from_property(name: str, prop: Any, root: dict) -> FieldSpec:
     return FieldSpec(
         name=name, kind=types, format="date" if fmt == "date" else None, enum=enum,
         max_length=max(1, int(max_length)), description=prop.get("description"),
-        pattern=pattern if enum is None else None,
+        pattern=pattern if enum is None else None, nullable=allows_null,
     )
 
 
@@ -175,8 +182,9 @@ def from_json_schema(schema: Any) -> DocSchema:
     props = schema.get("properties")
     if not isinstance(props, dict) or not props:
         raise SchemaError("the schema has no properties: name at least one field to extract")
-    out = DocSchema([_field_from_property(n, p, schema) for n, p in props.items()], json_schema=schema)
-    return out
+    required = schema.get("required") or []
+    fields = [_field_from_property(n, p, schema, n in required) for n, p in props.items()]
+    return DocSchema(fields, json_schema=schema)
 
 
 def from_pydantic(model) -> DocSchema:
