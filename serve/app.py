@@ -5,6 +5,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 
 from .config import ServeConfig
 from .engine import Engine
@@ -31,15 +33,22 @@ def build_engine(config: ServeConfig, vlm=None) -> Engine:
 
 
 def build_app(config: ServeConfig, engine: Engine):
-    """The FastAPI app: API routes first, then the UI mounted at ``/``."""
+    """The FastAPI app: API routes first, then the UI mounted at ``/``, all inside the request-id middleware.
+    The API's OpenAPI schema is served at ``/openapi.json``."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from fastapi import FastAPI
 
-    from .openai_api import OpenAIRoutes, install_error_handlers
+    from .middleware import RequestIds
+    from .openai_api import OpenAIRoutes, http_error, install_error_handlers
 
-    app = FastAPI(title="vlm serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="vlm serve", version=_version(), docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json",
+                  description="The OpenAI-compatible API of vlm serve (the chat UI is at /). Errors are OpenAI "
+                              "error objects; every response carries x-request-id.")
     install_error_handlers(app)
-    app.include_router(OpenAIRoutes(engine, config).router)
+    routes = OpenAIRoutes(engine, config)
+    app.include_router(routes.router)
+    _install_openapi(app, routes, config)
     if config.ui:
         import gradio as gr
 
@@ -51,16 +60,57 @@ def build_app(config: ServeConfig, engine: Engine):
         app = gr.mount_gradio_app(app, demo, path="", footer_links=["api"], theme=theme(), css=CSS,
                                   max_file_size=config.limits.max_image_bytes * 4, show_error=True)
         app.state.gradio_apps = [r.app for r in app.routes if hasattr(getattr(r, "app", None), "stop_event")]
+    app.add_middleware(RequestIds, on_error=engine.internal_error, routing_error=http_error)
     app.state.engine = engine
     return app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vlm")
+    except PackageNotFoundError:
+        return "0"
+
+
+def _install_openapi(app, routes, config: ServeConfig) -> None:
+    """The schema of the API routes only (the UI's routes are Gradio's), with the request body the chat
+    route validates itself and, when an API key is set, bearer auth on /v1."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=routes.router.routes)
+            components = schema.setdefault("components", {})
+            schemas = components.setdefault("schemas", {})
+            # FastAPI documents a 422 for routes with parameters; this API never sends one
+            for item in schema["paths"].values():
+                for operation in item.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            schemas.update(routes.openapi_components())
+            if config.api_key is not None:
+                components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+                for path, item in schema["paths"].items():
+                    if path.startswith("/v1/"):
+                        for operation in item.values():
+                            operation["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _server_class():
     import uvicorn
 
     class Server(uvicorn.Server):
-        """uvicorn, plus: print the URL once bound; on SIGTERM/SIGINT stop the engine gracefully and
-        exit 0 (uvicorn's default re-raises the signal after shutdown)."""
+        """uvicorn, plus: print the URL once bound; on SIGTERM/SIGINT drain (keep answering, /health says
+        draining, new work gets 503) until in-flight requests are done or the grace period is over, then stop
+        and exit 0 (uvicorn's default re-raises the signal after shutdown). A second signal stops at once."""
 
         engine: Engine
         announce: str = ""
@@ -72,11 +122,20 @@ def _server_class():
                 print(self.announce.replace("{port}", str(port)), flush=True)
 
         def handle_exit(self, sig, frame):
-            if self.should_exit:  # second signal: stop now
-                self.force_exit = True
+            if self.should_exit or getattr(self, "draining", False):  # second signal: stop now
+                self.force_exit = self.should_exit = True
                 return
             print(f"vlm serve: {signal.Signals(sig).name} received, finishing in-flight requests…", flush=True)
+            self.draining = True
             self.engine.begin_shutdown()
+            threading.Thread(target=self.drain, name="vlm-drain", daemon=True).start()
+
+        def drain(self):
+            """Keep serving (/health says draining, new work gets 503) until the engine has finished its
+            in-flight jobs (at most the grace period, then they are stopped), then let uvicorn stop."""
+            deadline = time.monotonic() + self.engine.config.shutdown_grace_s + 2
+            while not self.engine.idle() and time.monotonic() < deadline and not self.should_exit:
+                time.sleep(0.05)
             # End the UI's idle heartbeat streams (open browser tabs), as gradio's own launch() does, so
             # they do not hold the shutdown for the whole graceful timeout.
             for gradio_app in getattr(self.config.app.state, "gradio_apps", []):

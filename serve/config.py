@@ -47,7 +47,8 @@ class ServeConfig:
     queue_size: int = 8  # requests waiting beyond those running; more get 429
     request_timeout_s: float = 120.0  # from arrival to last token, queue wait included
     shutdown_grace_s: float = 10.0  # how long in-flight generations may run on after SIGTERM
-    retry_after_s: int = 2  # Retry-After sent with 429/503
+    retry_after_s: int = 2  # assumed seconds per job for Retry-After until jobs have been timed
+    unhealthy_after: int = 3  # consecutive server-side failures that turn /health to 503 (a success resets)
     max_body_bytes: int = 32 * 1024 * 1024
     max_prompt_tokens: int | None = None  # None: the model's context minus the answer
     default_max_tokens: int = 256
@@ -73,6 +74,10 @@ class ServeConfig:
             raise ValueError(f"moderation threshold must be in [0, 1], got {self.moderation_threshold}")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
             raise ValueError(f"max prompt tokens must be positive, got {self.max_prompt_tokens}")
+        if self.unhealthy_after < 1:
+            raise ValueError(f"unhealthy_after must be at least 1, got {self.unhealthy_after}")
+        if self.retry_after_s < 1:
+            raise ValueError(f"retry_after_s must be at least 1, got {self.retry_after_s}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
         if self.api_key is not None and not self.api_key.strip():

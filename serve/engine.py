@@ -2,24 +2,36 @@
 
 ``Engine.prepare_chat`` checks a conversation (images, moderation, prompt length) and tokenises it in
 the caller's thread, so bad requests fail fast. ``Engine.submit`` admits a job if fewer than
-``concurrency + queue_size`` are in flight (else :class:`Busy`, 429); ``concurrency`` worker threads run
-them. Every job has a cancel Event: the Stop button, a client that disconnects, the per-request timeout
-and shutdown all set it, and generation stops at the next token.
+``concurrency + queue_size`` are in flight (else :class:`Busy`, 429, whose ``Retry-After`` is the queue's
+drain estimate: jobs ahead x recent mean job time / concurrency); ``concurrency`` worker threads run them.
+Every job has a cancel Event: the Stop button, a client that disconnects, the per-request timeout (counted
+from arrival) and shutdown all set it, and generation stops at the next token. A job stopped while it is
+still waiting leaves the queue at once, freeing its slot.
+
+Failures are classified by exception class: a :class:`ServeError` keeps its status; vlm's
+:class:`~vlm.errors.InputError` (bad image, prompt too long...) is the client's (400); anything else is a
+server failure: its traceback is logged (logger ``vlm.serve``) under the request id, the client gets a 500
+``server_error`` naming that id, and ``unhealthy_after`` of them in a row (no success between) make
+:meth:`Engine.health` report the model unhealthy.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
+import math
 import queue
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from vlm import generation
 from vlm.config import GenerationOptions
+from vlm.errors import InputError
 from vlm.messages import normalise
 
 from .config import ServeConfig
@@ -30,11 +42,17 @@ _END = object()
 _ids = itertools.count(1)
 
 
+def new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex[:24]}"
+
+
 class Job:
     """A unit of work for the engine, and the channel its output comes back on."""
 
-    def __init__(self, work: Callable[["Job"], Any], timeout_s: float, loop: asyncio.AbstractEventLoop | None = None):
+    def __init__(self, work: Callable[["Job"], Any], timeout_s: float, loop: asyncio.AbstractEventLoop | None = None,
+                 request_id: str | None = None):
         self.id = next(_ids)
+        self.request_id = request_id or new_request_id()
         self.work = work
         self.created = time.monotonic()
         self.deadline = self.created + timeout_s
@@ -45,6 +63,8 @@ class Job:
         self.error: BaseException | None = None
         self.done = threading.Event()
         self.started: float | None = None
+        self.finished: float | None = None
+        self._on_stop: Callable[["Job"], None] | None = None  # the engine: take it out of the queue
         self._loop = loop
         self._events: queue.Queue | asyncio.Queue = asyncio.Queue() if loop else queue.Queue()
 
@@ -65,15 +85,20 @@ class Job:
         if self.done.is_set():
             return
         self.result, self.error = result, error
+        self.finished = time.monotonic()
         self.done.set()
         self._put(_END)
 
     # -- consumer side ---------------------------------------------------------------------------
     def stop(self, reason: str = "cancelled") -> None:
-        """Ask the job to stop at the next token (no-op once finished)."""
-        if self.reason is None and not self.done.is_set():
+        """Ask the job to stop at the next token (no-op once finished); a waiting job leaves the queue now."""
+        if self.done.is_set():
+            return
+        if self.reason is None:
             self.reason = reason
         self.cancel.set()
+        if self._on_stop is not None:
+            self._on_stop(self)
 
     def __iter__(self) -> Iterator[str]:
         """Pieces as they are produced (blocking; for threads). Raises the job's error at the end."""
@@ -109,6 +134,8 @@ class Prepared:
     options: GenerationOptions
     prompt_tokens: int
     images: int
+    request_id: str | None = None
+    answer_format: Any = None  # a vlm.extract.structured machine: the answer is JSON it accepts
 
 
 @dataclass
@@ -126,10 +153,13 @@ class Stats:
     rejected: int = 0
     cancelled: int = 0
     timed_out: int = 0
-    failed: int = 0
+    failed: int = 0  # server-side failures (500s)
+    client_errors: int = 0  # jobs that ended in a client error found only while running
     running: int = 0
     queued: int = 0
     peak_running: int = 0
+    consecutive_failures: int = 0
+    last_failure: str | None = None
     started_at: float = field(default_factory=time.time)
 
 
@@ -140,9 +170,12 @@ class Engine:
         self.moderator = moderator
         self.stats = Stats()
         self._lock = threading.Lock()
-        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._wake = threading.Condition(self._lock)
+        self._waiting: collections.deque[Job] = collections.deque()
         self._running: set[Job] = set()
+        self._durations: collections.deque[float] = collections.deque(maxlen=32)  # recent completed jobs, s
         self._closing = False
+        self._stopping = False
         self._workers = [
             threading.Thread(target=self._worker, name=f"vlm-worker-{i}", daemon=True)
             for i in range(config.concurrency)
@@ -150,134 +183,224 @@ class Engine:
         for w in self._workers:
             w.start()
 
+    # -- failures ----------------------------------------------------------------------------------
+    def internal_error(self, exc: BaseException, request_id: str | None, while_doing: str) -> Internal:
+        """Log ``exc`` with its traceback under the request id, count it against the model's health, and
+        return the 500 the client gets (which names the id, not the internal message)."""
+        request_id = request_id or new_request_id()
+        log.error("request %s: %s failed: %s: %s", request_id, while_doing, type(exc).__name__, exc,
+                  exc_info=(type(exc), exc, exc.__traceback__))
+        with self._lock:
+            self.stats.failed += 1
+            self.stats.consecutive_failures += 1
+            self.stats.last_failure = f"{type(exc).__name__} while {while_doing} (request {request_id})"
+        return Internal(f"internal error ({type(exc).__name__}) while {while_doing}; request id {request_id}. "
+                        "The server log has the details.", request_id=request_id)
+
+    def health(self) -> tuple[bool, str, str | None]:
+        """``(healthy, status, reason)``: status is ok / draining / unhealthy."""
+        with self._lock:
+            if self._closing:
+                return False, "draining", "the server is shutting down"
+            n = self.stats.consecutive_failures
+            if n >= self.config.unhealthy_after:
+                return False, "unhealthy", f"the last {n} requests failed inside the server; last: {self.stats.last_failure}"
+            return True, "ok", None
+
+    def retry_after(self) -> int:
+        """Seconds until the work now admitted should have drained: jobs ahead x mean job time / concurrency."""
+        with self._lock:
+            return self._retry_after_locked()
+
+    def _retry_after_locked(self) -> int:
+        ahead = self.stats.running + self.stats.queued
+        mean = (sum(self._durations) / len(self._durations)) if self._durations else float(self.config.retry_after_s)
+        return max(1, math.ceil(ahead * mean / self.config.concurrency))
+
     # -- preparing -------------------------------------------------------------------------------
-    def prepare_chat(self, messages: list[dict], *, max_tokens: int | None = None, temperature: float | None = None,
-                     top_p: float | None = None, seed: int | None = None, stop: list[str] | None = None,
-                     repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None) -> Prepared:
-        """Load and screen the images, build the prompt and settle the answer budget."""
-        model, processor = self.vlm.model, self.vlm.processor
-        try:
-            normed, images = normalise(messages, self.vlm.limits)
-            if self.moderator is not None:
-                self.moderator.check(images)
-            probe = GenerationOptions(max_new_tokens=1)
-            batch = generation.encode(model, processor, [normed], [images], probe)
-        except ServeError:
-            raise
-        except ValueError as exc:  # vlm's InputError / ImageError: a clear message already
-            raise BadRequest(str(exc), param="messages") from None
-        prompt_tokens = int(batch["attention_mask"].sum())
-        context = generation.context_length(model)
+    def count_prompt_tokens(self, normed: list[dict], n_images: int) -> int:
+        """Prompt tokens of a normalised conversation, image tokens included, without processing images."""
+        processor = self.vlm.processor
+        text = processor.apply_chat_template(normed, tokenize=False, add_generation_prompt=True)
+        n = len(processor.tokenizer(text)["input_ids"])
+        return n + n_images * (int(self.vlm.model.config.image_seq_length) - 1)  # <image> expands in place
+
+    def _answer_budget(self, prompt_tokens: int, max_tokens: int | None) -> int:
+        """The answer's token budget, or :class:`ContextTooLong` / :class:`BadRequest` with the real numbers."""
+        context = generation.context_length(self.vlm.model)
         cap = self.config.max_prompt_tokens
         if cap is not None and prompt_tokens > cap:
             raise ContextTooLong(
                 f"prompt is {prompt_tokens} tokens (images included); this server allows {cap}", param="messages"
             )
-        room = context - prompt_tokens
-        if max_tokens is None:
-            max_tokens = max(1, min(self.config.default_max_tokens, room))
-        elif max_tokens > self.config.max_tokens_cap:
+        if max_tokens is not None and max_tokens > self.config.max_tokens_cap:
             raise BadRequest(f"max_tokens is {max_tokens}; this server allows at most {self.config.max_tokens_cap}",
                              param="max_tokens")
+        room = context - prompt_tokens
+        if max_tokens is None:
+            if room < 1:
+                raise ContextTooLong(f"prompt is {prompt_tokens} tokens (images included), which leaves no room for "
+                                     f"an answer: the model's context is {context} tokens", param="messages")
+            return min(self.config.default_max_tokens, room)
         if max_tokens > room:
             raise ContextTooLong(
                 f"prompt is {prompt_tokens} tokens (images included) and max_tokens is {max_tokens}; "
                 f"the model's context is {context} tokens", param="messages",
             )
+        return max_tokens
+
+    def prepare_chat(self, messages: list[dict], *, max_tokens: int | None = None, temperature: float | None = None,
+                     top_p: float | None = None, seed: int | None = None, stop: list[str] | None = None,
+                     repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
+                     answer_format=None, request_id: str | None = None) -> Prepared:
+        """Load and screen the images, build the prompt and settle the answer budget.
+
+        ``answer_format``: a ``vlm.extract.structured`` machine the answer must be accepted by (JSON)."""
+        request_id = request_id or new_request_id()
+        model, processor = self.vlm.model, self.vlm.processor
         try:
-            opts = GenerationOptions(max_new_tokens=max_tokens, temperature=0.0 if temperature is None else temperature,
-                                     top_p=1.0 if top_p is None else top_p, seed=seed, stop=list(stop or []),
-                                     repetition_penalty=1.0 if repetition_penalty is None else repetition_penalty,
-                                     no_repeat_ngram_size=no_repeat_ngram_size or 0)
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-        return Prepared(batch=batch, options=opts, prompt_tokens=prompt_tokens, images=len(images))
+            try:
+                opts = GenerationOptions(
+                    max_new_tokens=1, temperature=0.0 if temperature is None else temperature,
+                    top_p=1.0 if top_p is None else top_p, seed=seed, stop=list(stop or []),
+                    repetition_penalty=1.0 if repetition_penalty is None else repetition_penalty,
+                    no_repeat_ngram_size=no_repeat_ngram_size or 0)
+            except ValueError as exc:  # GenerationOptions' own checks of the client's values
+                raise BadRequest(str(exc)) from None
+            normed, images = normalise(messages, self.vlm.limits)
+            if self.moderator is not None:
+                self.moderator.check(images)
+            budget = self._answer_budget(self.count_prompt_tokens(normed, len(images)), max_tokens)
+            opts.max_new_tokens = budget
+            batch = generation.encode(model, processor, [normed], [images], opts)
+            prompt_tokens = int(batch["attention_mask"].sum())
+            self._answer_budget(prompt_tokens, budget)  # the count above is exact; this keeps it honest
+        except ServeError:
+            raise
+        except InputError as exc:  # vlm's own checks: a clear message about the client's input
+            raise BadRequest(str(exc), param="messages") from None
+        except Exception as exc:
+            raise self.internal_error(exc, request_id, "preparing the prompt") from None
+        return Prepared(batch=batch, options=opts, prompt_tokens=prompt_tokens, images=len(images),
+                        request_id=request_id, answer_format=answer_format)
 
     # -- running ---------------------------------------------------------------------------------
     def submit(self, work: Callable[[Job], Any], loop: asyncio.AbstractEventLoop | None = None,
-               timeout_s: float | None = None) -> Job:
-        job = Job(work, timeout_s or self.config.request_timeout_s, loop)
+               timeout_s: float | None = None, request_id: str | None = None) -> Job:
+        job = Job(work, timeout_s or self.config.request_timeout_s, loop, request_id)
         with self._lock:
             if self._closing:
                 self.stats.rejected += 1
-                raise ShuttingDown("the server is shutting down; try again later", retry_after=self.config.retry_after_s)
+                raise ShuttingDown("the server is shutting down; try again later",
+                                   retry_after=self._retry_after_locked())
             if self.stats.running + self.stats.queued >= self.config.capacity:
                 self.stats.rejected += 1
+                wait = self._retry_after_locked()
                 raise Busy(
                     f"the server is busy: {self.stats.running} requests running and {self.stats.queued} waiting "
-                    f"(limit {self.config.capacity}); retry in {self.config.retry_after_s}s",
-                    retry_after=self.config.retry_after_s,
+                    f"(limit {self.config.capacity}); retry in {wait}s", retry_after=wait,
                 )
             self.stats.submitted += 1
             self.stats.queued += 1
-        self._queue.put(job)
+            job._on_stop = self._withdraw
+            self._waiting.append(job)
+            self._wake.notify()
+        timer = threading.Timer(job.timeout_s, job.stop, ("timeout",))
+        timer.daemon = True
+        job._timer = timer
+        timer.start()
         return job
 
     def submit_chat(self, prepared: Prepared, loop=None) -> Job:
-        return self.submit(lambda job: self._generate(job, prepared), loop)
+        return self.submit(lambda job: self._generate(job, prepared), loop, request_id=prepared.request_id)
+
+    def _withdraw(self, job: Job) -> None:
+        """A job stopped while waiting: out of the queue now, finished with the reason's error."""
+        with self._lock:
+            try:
+                self._waiting.remove(job)
+            except ValueError:
+                return  # already running (the cancel Event stops it) or finished
+            self.stats.queued -= 1
+            job.finish(error=_stopped_error(job, self._retry_after_locked()))
+            self._account(job)
+        job._timer.cancel()
 
     def _generate(self, job: Job, prepared: Prepared) -> Completion:
-        counted = _CountingModel(self.vlm.model)
+        served = _ServedModel.around(self.vlm.model)
+        if prepared.answer_format is not None:
+            from vlm.extract.structured import answer_processor
+
+            proc = answer_processor(self.vlm.model, self.vlm.processor.tokenizer, prepared.answer_format,
+                                    prepared.batch["input_ids"].shape[1])
+            served.processors.append(proc)
+            served.eos_ids = proc.eos_ids
         text = ""
-        for piece in generation.stream(counted, self.vlm.processor, prepared.batch, prepared.options, job.cancel):
+        for piece in generation.stream(served, self.vlm.processor, prepared.batch, prepared.options, job.cancel):
             text += piece
             job.emit(piece)
-        n = counted.tokens
-        eos = _eos_ids(self.vlm.model)
+        n = served.tokens
         if job.reason is not None:
             reason = job.reason
-        elif n >= prepared.options.max_new_tokens and counted.last_token not in eos:
+        elif n >= prepared.options.max_new_tokens and served.last_token not in _eos_ids(self.vlm):
             reason = "length"
         else:
             reason = "stop"
+        if prepared.answer_format is not None and reason == "stop":
+            from vlm.extract.structured import parse_answer
+
+            parse_answer(text)  # the decoder guarantees it; if not, that is a server bug: fail loudly
         return Completion(text=text.strip(), prompt_tokens=prepared.prompt_tokens, completion_tokens=n,
                           finish_reason=reason)
 
     def _worker(self) -> None:
         while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            with self._lock:
+            with self._wake:
+                while not self._waiting and not self._stopping:
+                    self._wake.wait()
+                if not self._waiting:
+                    return
+                job = self._waiting.popleft()
                 self.stats.queued -= 1
                 self.stats.running += 1
                 self.stats.peak_running = max(self.stats.peak_running, self.stats.running)
                 self._running.add(job)
-            timer = None
-            try:
-                remaining = job.deadline - time.monotonic()
-                if job.cancel.is_set():
-                    job.finish(error=_stopped_error(job))
-                elif remaining <= 0:
-                    job.stop("timeout")
-                    job.finish(error=_stopped_error(job))
-                else:
-                    job.started = time.monotonic()
-                    timer = threading.Timer(remaining, job.stop, ("timeout",))
-                    timer.daemon = True
-                    timer.start()
-                    job.finish(result=job.work(job))
-            except ServeError as exc:
-                job.finish(error=exc)
-            except ValueError as exc:
-                job.finish(error=BadRequest(str(exc)))
-            except Exception as exc:  # never let one request take a worker down
-                log.exception("job %s failed", job.id)
-                job.finish(error=Internal(f"generation failed: {type(exc).__name__}: {exc}"))
-            finally:
-                if timer is not None:
-                    timer.cancel()
-                with self._lock:
-                    self.stats.running -= 1
-                    self._running.discard(job)
-                    if job.error is not None and job.reason is None:
-                        self.stats.failed += 1
-                    elif job.reason == "timeout":
-                        self.stats.timed_out += 1
-                    elif job.reason is not None:
-                        self.stats.cancelled += 1
-                    else:
-                        self.stats.completed += 1
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        try:
+            if job.cancel.is_set():  # stopped between leaving the queue and here
+                job.finish(error=_stopped_error(job, self.retry_after()))
+            else:
+                job.started = time.monotonic()
+                job.finish(result=job.work(job))
+        except ServeError as exc:
+            job.finish(error=exc)
+        except InputError as exc:  # vlm's checks of the client's input, met while running
+            job.finish(error=BadRequest(str(exc)))
+        except Exception as exc:  # never let one request take a worker down
+            job.finish(error=self.internal_error(exc, job.request_id, "generating"))
+        finally:
+            job._timer.cancel()
+            with self._lock:
+                self.stats.running -= 1
+                self._running.discard(job)
+                self._account(job)
+
+    def _account(self, job: Job) -> None:
+        """Count a finished job (lock held). Internal failures were counted by :meth:`internal_error`."""
+        s = self.stats
+        if job.reason == "timeout":
+            s.timed_out += 1
+        elif job.reason is not None:
+            s.cancelled += 1
+        elif job.error is None:
+            s.completed += 1
+            s.consecutive_failures = 0
+            if job.started is not None and job.finished is not None:
+                self._durations.append(job.finished - job.started)
+        elif not isinstance(job.error, Internal):
+            s.client_errors += 1
 
     # -- status and shutdown ---------------------------------------------------------------------
     def snapshot(self) -> dict:
@@ -287,9 +410,16 @@ class Engine:
                 "running": s.running, "queued": s.queued, "peak_running": s.peak_running,
                 "submitted": s.submitted, "completed": s.completed, "rejected": s.rejected,
                 "cancelled": s.cancelled, "timed_out": s.timed_out, "failed": s.failed,
+                "client_errors": s.client_errors, "consecutive_failures": s.consecutive_failures,
+                "last_failure": s.last_failure,
+                "mean_job_s": round(sum(self._durations) / len(self._durations), 3) if self._durations else None,
                 "concurrency": self.config.concurrency, "queue_size": self.config.queue_size,
                 "closing": self._closing, "uptime_s": round(time.time() - s.started_at, 1),
             }
+
+    def idle(self) -> bool:
+        with self._lock:
+            return self.stats.running == 0 and self.stats.queued == 0
 
     def begin_shutdown(self, grace_s: float | None = None) -> None:
         """Refuse new work, fail what is waiting, and give running jobs ``grace_s`` before stopping them."""
@@ -297,10 +427,9 @@ class Engine:
             if self._closing:
                 return
             self._closing = True
-        # Waiting jobs: a worker finishes each at once with a 503, since its cancel Event is set.
-        for job in list(self._queue.queue):
-            if job is not None:
-                job.stop("shutdown")
+            waiting = list(self._waiting)
+        for job in waiting:  # each leaves the queue at once with a 503
+            job.stop("shutdown")
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
 
         def stop_running():
@@ -320,31 +449,41 @@ class Engine:
             running = list(self._running)
         for job in running:
             job.stop("shutdown")
-        for _ in self._workers:
-            self._queue.put(None)
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
         deadline = time.monotonic() + timeout
         for w in self._workers:
             w.join(max(0.0, deadline - time.monotonic()))
 
 
-class _CountingModel:
-    """The model, with ``generate`` wrapped so the streamer also counts the tokens it is fed.
+class _ServedModel:
+    """The model, with ``generate`` wrapped to count the tokens the streamer is fed (exact usage, the
+    end-of-sequence token included) and to add this request's logits processors (structured answers).
 
-    ``generation.stream`` owns the decode loop; this lets usage report exact completion tokens (the
-    end-of-sequence token included) instead of re-tokenising the text.
+    ``generation.stream`` owns the decode loop; this lets the engine observe and steer it without a copy.
     """
 
     def __init__(self, model):
         self._model = model
         self.tokens = 0
         self.last_token: int | None = None
+        self.processors: list = []
+        self.eos_ids: list[int] | None = None
+
+    @classmethod
+    def around(cls, model) -> "_ServedModel":
+        # Code that inspects ``type(model).forward`` (vlm.optimize.cache_kwarg) must see the model's forward.
+        return type(cls.__name__, (cls,), {"forward": type(model).forward})(model)
 
     def __getattr__(self, name):
         return getattr(self._model, name)
 
     def generate(self, *args, streamer=None, **kwargs):
         if streamer is not None:
-            inner_put, seen_prompt = streamer.put, [False]
+            inner_put = getattr(streamer, "_vlm_put", streamer.put)
+            streamer._vlm_put = inner_put  # a retried generate wraps the original put, not our wrapper
+            seen_prompt = [False]
 
             def put(value):
                 if seen_prompt[0]:
@@ -352,23 +491,29 @@ class _CountingModel:
                     self.tokens += int(flat.numel())
                     self.last_token = int(flat[-1]) if flat.numel() else self.last_token
                 else:
-                    seen_prompt[0] = True  # the first call carries the prompt
+                    seen_prompt[0] = True  # the first call of each generate carries the prompt
                 inner_put(value)
 
             streamer.put = put
+        if self.processors:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []),
+                                                              *self.processors])
+        if self.eos_ids:
+            kwargs["eos_token_id"] = self.eos_ids
         return self._model.generate(*args, streamer=streamer, **kwargs)
 
 
-def _eos_ids(model) -> set[int]:
-    ids = getattr(model.generation_config, "eos_token_id", None)
-    if ids is None:
-        ids = getattr(model.config.text_config, "eos_token_id", None)
-    return set(ids) if isinstance(ids, (list, tuple)) else {ids}
+def _eos_ids(vlm) -> set[int]:
+    from vlm.extract.constrained import eos_token_ids
+
+    return set(eos_token_ids(vlm.model, vlm.processor.tokenizer))
 
 
-def _stopped_error(job: Job) -> ServeError:
+def _stopped_error(job: Job, retry_after: int = 1) -> ServeError:
     if job.reason == "timeout":
         return Timeout(f"the request timed out after {job.timeout_s:g}s waiting for the model")
     if job.reason == "shutdown":
-        return ShuttingDown("the server is shutting down; try again later", retry_after=2)
+        return ShuttingDown("the server is shutting down; try again later", retry_after=retry_after)
     return BadRequest("the request was cancelled", code="cancelled")

@@ -12,7 +12,8 @@ class ServeError(Exception):
     code: str | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
-                 status: int | None = None, retry_after: int | None = None):
+                 status: int | None = None, retry_after: int | None = None, request_id: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
         self.param = param
@@ -21,9 +22,17 @@ class ServeError(Exception):
         if status is not None:
             self.status = status
         self.retry_after = retry_after
+        self.request_id = request_id  # set on server errors: the id their traceback is logged under
+        self.headers = dict(headers or {})
 
     def to_dict(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response_headers(self) -> dict[str, str]:
+        out = dict(self.headers)
+        if self.retry_after is not None:
+            out["Retry-After"] = str(self.retry_after)
+        return out
 
 
 class BadRequest(ServeError, InputError):
@@ -53,6 +62,18 @@ class ModelNotFound(ServeError):
     code = "model_not_found"
 
 
+class RouteNotFound(ServeError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ServeError):
+    """A known route asked with a method it does not answer; carries the ``Allow`` header."""
+
+    status = 405
+    code = "method_not_allowed"
+
+
 class Busy(ServeError):
     """The queue is full (429) or the server is shutting down (503); both carry Retry-After."""
 
@@ -74,6 +95,9 @@ class Timeout(ServeError):
 
 
 class Internal(ServeError):
+    """A failure inside the server (a bug, a broken model): the message names the request id its traceback
+    is logged under, never the internal message."""
+
     status = 500
     type = "server_error"
     code = "internal_error"
