@@ -43,9 +43,13 @@ class VLM:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def build(cls, vision, llm: str | os.PathLike = "smollm2-135m-instruct", dtype=None, **kw) -> "VLM":
-        """Compose a new model. ``vision``: HF CLIP id, local dir, or a ``CLIPVisionConfig``."""
-        model, processor = compose.build(vision, llm, as_dtype(dtype))
+    def build(cls, vision, llm: str | os.PathLike = "smollm2-135m-instruct", dtype=None, *,
+              image_size: int | None = None, vision_feature_layer: int | list[int] = compose.DEFAULT_FEATURE_LAYER,
+              **kw) -> "VLM":
+        """Compose a new model. ``vision``: a registered tower name (``dinov2-vits14``), a tower folder, a
+        cached HF id, or a vision config (CLIP, SigLIP, DINOv2, ...) for a fresh tower; ``image_size``: the
+        input size (default: the tower's own); ``vision_feature_layer``: which hidden state(s) feed the projector."""
+        model, processor = compose.build(vision, llm, as_dtype(dtype), image_size, vision_feature_layer)
         return cls(model, processor, **kw)
 
     @classmethod

@@ -1,8 +1,11 @@
-"""Compose a ``LlavaForConditionalGeneration`` from a CLIP vision tower and a causal LM (LLaVA-1.5 design).
+"""Compose a ``LlavaForConditionalGeneration`` from a vision tower and a causal LM (LLaVA-1.5 design).
 
+- tower: any vision model llava builds from its config (CLIP, SigLIP, DINOv2; see :mod:`vlm.vision`), at
+  the input size asked for
 - projector: 2-layer MLP with GELU (``LlavaMultiModalProjector``)
-- features: second-to-last vision layer, CLS dropped (``vision_feature_select_strategy="default"``)
-- one ``<image>`` token per patch, expanded by the processor
+- features: the hidden state of ``vision_feature_layer`` (default -2, the second-to-last layer; a list
+  concatenates layers), class token dropped when the tower has one (``"default"``), else all tokens
+- one ``<image>`` token per selected feature, expanded by the processor
 """
 from __future__ import annotations
 
@@ -10,19 +13,15 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    CLIPVisionConfig,
-    CLIPVisionModel,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from . import hub
 from .errors import ModelNotFoundError
-from .processor import build_processor, ensure_image_token, image_token_count
+from .processor import build_processor, ensure_image_token
+from .vision import feature_strategy, image_token_count, load_vision
+
+DEFAULT_FEATURE_LAYER = -2  # LLaVA-1.5: the second-to-last layer
 
 
 def _llm_not_found(llm, path: str, exc: Exception) -> ModelNotFoundError:
@@ -50,29 +49,6 @@ def load_tokenizer(llm: str | os.PathLike):
         raise _llm_not_found(llm, path, exc) from None
 
 
-def load_vision(vision, dtype: torch.dtype = torch.float32) -> tuple[CLIPVisionModel, dict]:
-    """(tower, preprocessing) for a ``CLIPVisionConfig`` (fresh tower), local folder or hub id.
-
-    ``preprocessing`` holds the image mean/std found beside the checkpoint (empty means CLIP's).
-    """
-    if isinstance(vision, CLIPVisionConfig):
-        return CLIPVisionModel(vision).to(dtype), {}
-    path = hub.resolve_local_or_hub(vision, "vision tower")
-    try:
-        tower = CLIPVisionModel.from_pretrained(path, dtype=dtype, use_safetensors=True)
-    except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(f"could not load vision tower {str(vision)!r}: {exc}") from None
-    preprocessing = {}
-    try:
-        from transformers import AutoImageProcessor
-
-        proc = AutoImageProcessor.from_pretrained(path)
-        preprocessing = {"image_mean": list(proc.image_mean), "image_std": list(proc.image_std)}
-    except (OSError, ValueError, AttributeError, TypeError):
-        pass  # no preprocessor config beside the tower: CLIP's statistics
-    return tower, preprocessing
-
-
 def _add_image_token_row(llm, tokenizer) -> int:
     """Grow the embedding table for ``<image>``. The new row is the mean row (deterministic)."""
     old = llm.get_input_embeddings().weight.shape[0]
@@ -88,17 +64,35 @@ def _add_image_token_row(llm, tokenizer) -> int:
     return image_token_id
 
 
-def compose(tower: CLIPVisionModel, llm, tokenizer, preprocessing: dict | None = None):
-    """Return ``(LlavaForConditionalGeneration, LlavaProcessor)`` built from the given parts."""
+def check_feature_layer(layer, num_hidden_layers: int):
+    """``layer`` must index the tower's ``num_hidden_layers + 1`` hidden states (an int or a list of ints)."""
+    layers = [layer] if isinstance(layer, int) else layer
+    if not isinstance(layers, (list, tuple)) or not layers or not all(isinstance(i, int) for i in layers):
+        raise ValueError(f"vision_feature_layer must be an int or a list of ints, got {layer!r}")
+    bad = [i for i in layers if not -(num_hidden_layers + 1) <= i <= num_hidden_layers]
+    if bad:
+        raise ValueError(f"vision_feature_layer {bad} out of range for a tower with {num_hidden_layers} layers "
+                         f"(hidden states {-(num_hidden_layers + 1)}..{num_hidden_layers})")
+    return list(layers) if isinstance(layer, (list, tuple)) else layer
+
+
+def compose(tower, llm, tokenizer, preprocessing: dict | None = None,
+            vision_feature_layer: int | list[int] = DEFAULT_FEATURE_LAYER):
+    """Return ``(LlavaForConditionalGeneration, LlavaProcessor)`` built from the given parts.
+
+    The input size is the tower's ``config.image_size`` (see :func:`vlm.vision.resize`).
+    """
+    layer = check_feature_layer(vision_feature_layer, tower.config.num_hidden_layers)
+    strategy = feature_strategy(tower.config)
     image_token_id = _add_image_token_row(llm, tokenizer)
     config = LlavaConfig(
         vision_config=tower.config.to_dict(),
         text_config=llm.config.to_dict(),
         image_token_index=image_token_id,
-        image_seq_length=image_token_count(tower.config),
+        image_seq_length=image_token_count(tower.config, strategy),
         projector_hidden_act="gelu",
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
+        vision_feature_layer=layer,
+        vision_feature_select_strategy=strategy,
         tie_word_embeddings=bool(getattr(llm.config, "tie_word_embeddings", False)),
     )
     with torch.device("meta"):
@@ -109,15 +103,18 @@ def compose(tower: CLIPVisionModel, llm, tokenizer, preprocessing: dict | None =
     model.model.multi_modal_projector = LlavaMultiModalProjector(config).to(llm.dtype)
     model.generation_config = llm.generation_config
     model.config.dtype = llm.dtype
-    processor = build_processor(tokenizer, tower.config, **(preprocessing or {}))
+    processor = build_processor(tokenizer, tower.config, strategy=strategy, **(preprocessing or {}))
     return model.eval(), processor
 
 
-def build(vision, llm, dtype: torch.dtype = torch.float32):
-    """Load both parts and compose them. See :func:`compose`."""
-    tower, preprocessing = load_vision(vision, dtype)
+def build(vision, llm, dtype: torch.dtype = torch.float32, image_size: int | None = None,
+          vision_feature_layer: int | list[int] = DEFAULT_FEATURE_LAYER):
+    """Load both parts and compose them. ``vision``: a vision config (fresh tower), a registered tower name
+    (e.g. ``dinov2-vits14``), a tower folder or a cached hub id; ``image_size``: the input size (default:
+    the tower's own). See :func:`compose`."""
+    tower, preprocessing = load_vision(vision, dtype, image_size)
     llm_model, tokenizer = load_llm(llm, dtype)
-    return compose(tower, llm_model, tokenizer, preprocessing)
+    return compose(tower, llm_model, tokenizer, preprocessing, vision_feature_layer)
 
 
 def load_llava(path: str | os.PathLike, dtype: torch.dtype = torch.float32):

@@ -54,8 +54,14 @@ def build_processor(
     vision_config,
     image_mean: list[float] | None = None,
     image_std: list[float] | None = None,
+    strategy: str | None = None,
 ) -> LlavaProcessor:
-    """A ``LlavaProcessor`` for a CLIP tower: pad to square with the mean colour, resize, normalise."""
+    """A ``LlavaProcessor`` for a vision tower: pad to square with the mean colour, resize to the tower's
+    ``image_size``, normalise (CLIP's statistics unless given). The ``<image>`` expansion counts one token
+    per patch plus the tower's extra tokens, less the class token under the ``"default"`` strategy
+    (:mod:`vlm.vision`), which is what llava feeds the projector."""
+    from .vision import extra_tokens, feature_strategy
+
     ensure_image_token(tokenizer)
     size = vision_config.image_size
     image_processor = LlavaImageProcessorPil(
@@ -70,12 +76,8 @@ def build_processor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=vision_config.patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
+        vision_feature_select_strategy=strategy or feature_strategy(vision_config),
+        num_additional_image_tokens=extra_tokens(vision_config),
         chat_template=multimodal_chat_template(tokenizer.chat_template),
         image_token=IMAGE_TOKEN,
     )
-
-
-def image_token_count(vision_config) -> int:
-    return (vision_config.image_size // vision_config.patch_size) ** 2
