@@ -11,6 +11,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from .config import GenerationOptions
 from .errors import InputError
 from .messages import check_placeholders
+from .optimize import cache_kwarg
 
 
 class CancelCriteria(StoppingCriteria):
@@ -120,7 +121,7 @@ def _with_prefix(model, batch, kwargs: dict) -> dict:
     if cache is not None and batch["input_ids"].shape[0] == 1 and kwargs.get("num_beams", 1) == 1:
         past = cache.past_for(batch["input_ids"][0])
         if past is not None:
-            kwargs["past_key_values"] = past
+            kwargs[cache_kwarg(model)] = past
     return kwargs
 
 
@@ -128,12 +129,41 @@ def _batch_kwargs(model, processor, batch, opts: GenerationOptions) -> dict:
     return _with_prefix(model, batch, generate_kwargs(model, processor, opts, batch["input_ids"].shape[1]))
 
 
+class _FirstStep(StoppingCriteria):
+    """Never stops generation; records that a first token was produced."""
+
+    def __init__(self):
+        self.seen = False
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.seen = True
+        return torch.zeros((input_ids.shape[0],), dtype=torch.bool, device=input_ids.device)
+
+
+def _run_generate(model, batch, kwargs: dict):
+    """``model.generate``. If it fails before its first token while starting from the prompt-prefix cache,
+    the cache switches itself off (logged) and the request runs again without it: the optimisation never
+    breaks a request."""
+    key = cache_kwarg(model)
+    if key not in kwargs:
+        return model.generate(**batch, **kwargs)
+    first = _FirstStep()
+    criteria = StoppingCriteriaList([*kwargs.get("stopping_criteria", []), first])
+    try:
+        return model.generate(**batch, **{**kwargs, "stopping_criteria": criteria})
+    except Exception as exc:
+        if first.seen:
+            raise
+        model._vlm_prefix_cache.disable(f"generate failed from the cached prefix: {type(exc).__name__}: {exc}")
+        return model.generate(**batch, **{k: v for k, v in kwargs.items() if k != key})
+
+
 def generate(model, processor, batch, opts: GenerationOptions, cancel: threading.Event | None = None) -> list[str]:
     kwargs = _batch_kwargs(model, processor, batch, opts)
     if cancel is not None:
         kwargs["stopping_criteria"] = StoppingCriteriaList([CancelCriteria(cancel)])
     with torch.inference_mode(), _seeded(opts.seed):
-        out = model.generate(**batch, **kwargs)
+        out = _run_generate(model, batch, kwargs)
     new = out[:, batch["input_ids"].shape[1]:]
     texts = processor.tokenizer.batch_decode(new, skip_special_tokens=True)
     return [trim_stop(t, opts.stop).strip() for t in texts]
@@ -154,7 +184,7 @@ def stream(model, processor, batch, opts: GenerationOptions, cancel: threading.E
     def run():
         try:
             with torch.inference_mode(), _seeded(opts.seed):
-                model.generate(**batch, **kwargs)
+                _run_generate(model, batch, kwargs)
         except BaseException as exc:  # re-raised in the consumer's thread
             errors.append(exc)
             streamer.end()

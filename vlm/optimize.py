@@ -22,6 +22,7 @@ Levers
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+log = logging.getLogger("vlm")
 _ATTENTION = ("sdpa", "eager")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -346,13 +348,28 @@ def kv_bytes_per_token(model, context: int) -> int:
     return 2 * tc.num_hidden_layers * kv_heads * head_dim * context * elem
 
 
+def cache_kwarg(model) -> str:
+    """The keyword under which this transformers version's ``forward``/``generate`` take a KV cache: ``cache``
+    (5.2x; ``past_key_values`` is deprecated there) or ``past_key_values`` (earlier)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
 class PromptPrefixCache:
     """The KV cache of the last prompt's text before its first image token (for a chat template: the system
     prompt and the user-turn header), reused by the next single-prompt generation that starts the same way.
 
-    :meth:`past_for` returns a private copy covering the longest shared prefix (at least ``min_tokens``), or
-    ``None``; ``generate`` then runs only the rest of the prompt. Image placeholder tokens are never part of
-    a prefix (their ids are the same for every image). A miss computes and stores the new prompt's prefix.
+    :meth:`past_for` returns a fresh cache holding the prompt's text before its first image (all of a
+    text-only prompt but its last token), or ``None``; ``generate`` then runs only the rest of the prompt.
+    The stored prefix is reused as far as it matches (at least ``min_tokens``), the rest is computed, and the
+    prompt's prefix replaces the stored one. Image placeholder tokens are never part of a prefix (their ids
+    are the same for every image).
+
+    The returned cache is built from the stored key/value tensors through the cache's public constructor
+    (no crop or deep copy, whose semantics change between transformers versions). The first reuse is checked
+    against a fresh computation of the same tokens; if it differs, or anything in this path raises, the
+    cache switches itself off with a logged warning and every later request runs uncached.
     """
 
     def __init__(self, model, min_tokens: int = 4):
@@ -361,30 +378,81 @@ class PromptPrefixCache:
         self.entry: tuple[list[int], Any] | None = None  # (token ids, DynamicCache), replaced as one object
         self.hits = 0
         self.misses = 0
+        self.verified = False
+        self.disabled: str | None = None  # why the cache switched itself off
 
     def past_for(self, input_ids: torch.Tensor):
-        import copy
+        """A cache covering a prefix of ``input_ids`` (1-D), or ``None`` to run the whole prompt."""
+        if self.disabled:
+            return None
+        try:
+            return self._past_for(input_ids.tolist())
+        except Exception as exc:  # a cache must never break a request
+            self.disable(f"{type(exc).__name__}: {exc}")
+            return None
 
-        ids = input_ids.tolist()
+    def disable(self, reason: str) -> None:
+        """Switch the cache off for good (logged once); requests then run uncached."""
+        if not self.disabled:
+            log.warning("prompt-prefix KV cache switched off, requests run uncached: %s", reason)
+        self.disabled = reason
+        self.entry = None
+
+    def _past_for(self, ids: list[int]):
         image = self.model.config.image_token_id
         limit = ids.index(image) if image in ids else len(ids) - 1  # the last token must still be run
-        entry = self.entry
+        if limit < self.min_tokens:
+            return None
+        entry, shared = self.entry, 0
         if entry is not None:
-            shared = 0
             for a, b in zip(entry[0], ids[:limit]):
                 if a != b:
                     break
                 shared += 1
-            if shared >= self.min_tokens:
-                self.hits += 1
-                past = copy.deepcopy(entry[1])
-                if shared < len(entry[0]):
-                    past.crop(shared)
-                return past
-        if limit < self.min_tokens:
-            return None
-        self.misses += 1
+        if shared >= self.min_tokens:
+            self.hits += 1
+            full = entry[1] if shared == limit else self._run(ids[shared:limit], self._slice(entry[1], shared))[0]
+        else:
+            self.misses += 1
+            full = self._run(ids[:limit])[0]
+        if not self.verified:
+            self._verify(ids[:limit], shared if 0 < shared < limit else limit // 2, full)
+        if entry is None or full is not entry[1]:  # keep this prompt's prefix: a chat's next turn shares it
+            self.entry = (ids[:limit], full)
+        return self._slice(full, limit)
+
+    def _run(self, ids: list[int], past=None):
+        """Run the language model over ``ids`` (after ``past``): (the filled cache, the last hidden states)."""
+        from transformers import DynamicCache
+
+        llm = self.model.model.language_model
+        cache = past if past is not None else DynamicCache(config=self.model.config.text_config)
         with torch.inference_mode():
-            out = self.model.model.language_model(input_ids=input_ids[None, :limit], use_cache=True)
-        self.entry = (ids[:limit], out.past_key_values)
-        return copy.deepcopy(out.past_key_values)
+            out = llm(input_ids=torch.tensor([ids]), use_cache=True, **{cache_kwarg(llm): cache})
+        return cache, out.last_hidden_state
+
+    @staticmethod
+    def _slice(cache, length: int):
+        """A new cache holding the first ``length`` positions of ``cache`` (copies: generation appends to it)."""
+        from transformers import DynamicCache
+
+        layers = [(layer.keys[..., :length, :].clone(), layer.values[..., :length, :].clone())
+                  for layer in cache.layers]
+        out = DynamicCache(ddp_cache_data=layers)
+        if out.get_seq_length() != length:
+            raise RuntimeError(f"rebuilt prefix cache holds {out.get_seq_length()} positions, expected {length}")
+        return out
+
+    def _verify(self, ids: list[int], shared: int, stored) -> None:
+        """Once: the tokens after the shared prefix, run on the rebuilt cache, must give the hidden states a
+        fresh run of the whole prompt gives (raises otherwise; :meth:`past_for` then disables the cache)."""
+        if shared >= len(ids):
+            ids = ids + [ids[-1]]  # nothing after the prefix: check one extra token
+        _, reused = self._run(ids[shared:], self._slice(stored, shared))
+        _, fresh = self._run(ids)
+        fresh = fresh[:, shared:]
+        tol = 1e-3 if reused.dtype == torch.float32 else 5e-2
+        if reused.shape != fresh.shape or not torch.allclose(reused, fresh, atol=tol, rtol=tol):
+            diff = (reused - fresh).abs().max().item() if reused.shape == fresh.shape else float("nan")
+            raise RuntimeError(f"reused prefix disagrees with a fresh computation (max abs diff {diff:.3g})")
+        self.verified = True
