@@ -28,7 +28,9 @@ class TrainConfig:
     data: str = ""
     image_root: str | None = None  # default: the JSON file's folder
     model: str = ""  # llava folder / shipped name, or the LLM when building from --vision
-    vision: str | None = None  # tower folder or "preset" (fresh TowerPreset tower); stage 1 only
+    vision: str | None = None  # tower: registered name, folder or "preset" (fresh TowerPreset tower); stage 1 only
+    image_size: int | None = None  # with vision: the tower's input size (None: the tower's own)
+    vision_feature_layer: int | list[int] | None = None  # with vision: hidden state(s) fed to the projector (None: -2)
     out: str = ""
     recipe: str = "base"  # base | lora | qlora | full
     epochs: float = 1.0
@@ -88,6 +90,8 @@ class TrainConfig:
             raise ValueError("--max-steps must be at least 1")
         if self.epochs <= 0:
             raise ValueError("--epochs must be positive")
+        if not self.vision and (self.image_size is not None or self.vision_feature_layer is not None):
+            raise ValueError("--image-size and --vision-feature-layer shape a new model; they need --vision")
         return self
 
 

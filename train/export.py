@@ -2,7 +2,8 @@
 
 ``--format llava`` (default) merges the LoRA into the LLM and writes a plain HF llava folder that stock
 ``transformers`` loads (``LlavaForConditionalGeneration`` + ``AutoProcessor``). ``--format parts`` writes
-the compact parts folder (:mod:`vlm.parts`) over a registered base LLM, LoRA left unmerged.
+the compact parts folder (:mod:`vlm.parts`) over a registered base LLM (and registered tower, with
+``--base-vision``), LoRA left unmerged.
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--format", choices=["llava", "parts"], default="llava")
     parser.add_argument("--base-llm", default=None,
                         help="--format parts: the registered base LLM name (e.g. smollm2-135m-instruct)")
+    parser.add_argument("--base-vision", default=None,
+                        help="--format parts: the registered tower the model was built on (e.g. dinov2-vits14); "
+                             "it is fetched on load instead of stored (default: store the tower)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="llava: weights dtype")
 
 
@@ -40,7 +44,7 @@ def export_llava(model_dir, out, dtype) -> Path:
     return out
 
 
-def export_parts(model_dir, out, base_llm: str) -> Path:
+def export_parts(model_dir, out, base_llm: str, base_vision: str | None = None) -> Path:
     from vlm import compose
     from vlm.adapters import load_peft
     from vlm.parts import save_parts
@@ -62,7 +66,7 @@ def export_parts(model_dir, out, base_llm: str) -> Path:
             continue
         if mine.shape != tensor.shape or not torch_equal(mine, tensor):
             raise ValueError(f"the adapter's base LLM differs from {base_llm!r} at {name}; ship it as a llava folder")
-    return save_parts(peft_model, processor, out, base_llm, n)
+    return save_parts(peft_model, processor, out, base_llm, n, base_vision)
 
 
 def torch_equal(a, b) -> bool:
@@ -78,7 +82,7 @@ def run(args) -> int:
     if args.format == "parts":
         if not args.base_llm:
             raise ValueError("--format parts needs --base-llm (a registered LLM name)")
-        path = export_parts(args.model, args.out, args.base_llm)
+        path = export_parts(args.model, args.out, args.base_llm, args.base_vision)
     else:
         path = export_llava(args.model, args.out, {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype])
     print(path)

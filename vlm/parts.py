@@ -2,12 +2,17 @@
 
 Only what training changed is stored, all weights bf16 safetensors::
 
-    vlm_parts.json            {"format": 1, "base_llm": "smollm2-135m-instruct", ...}
-    vision/                   CLIPVisionModel (config.json + model.safetensors)
+    vlm_parts.json            {"format": 2, "base_llm": "smollm2-135m-instruct", ...}
+    vision/                   the vision tower (config.json + model.safetensors), unless it is a registered one
     projector.safetensors     the MLP projector
     adapter/                  PEFT LoRA adapter over the llava model (absent if none)
     embeddings.safetensors    embedding rows added for <image> (absent if the vocab was not grown)
     processor/                LlavaProcessor files (tokenizer, chat template, image processor)
+
+A registered (fetched) tower is not stored: the manifest names it (``"base_vision": "dinov2-vits14"``)
+with the input size it runs at (``"vision_image_size"``), and loading fetches it through :mod:`vlm.hub`
+like the base LLM. Saving checks that the model's tower still equals the registered one at that size.
+Format 1 folders (tower always stored) load unchanged.
 
 Loading takes the base LLM from :mod:`vlm.hub` (a registered name, or a folder), composes it with the
 tower, restores the added rows, the projector and the adapter, and optionally merges the LoRA.
@@ -24,7 +29,8 @@ from safetensors.torch import load_file, save_file
 from .errors import ModelNotFoundError
 
 MANIFEST = "vlm_parts.json"
-FORMAT = 1
+FORMAT = 2
+READABLE = (1, 2)  # 1: the tower is always stored in vision/
 SAVE_DTYPE = torch.bfloat16
 
 
@@ -32,13 +38,32 @@ def _bf16(state: dict) -> dict:
     return {k: v.detach().to("cpu", SAVE_DTYPE).contiguous() for k, v in state.items()}
 
 
-def save_parts(model, processor, out: str | os.PathLike, base_llm: str, base_vocab_size: int) -> Path:
-    """Write ``model`` as parts over ``base_llm``.
+def _check_registered_tower(tower, base_vision: str) -> None:
+    """The tower must equal the registered one at the tower's input size (compared in the parts' bf16)."""
+    from . import hub
+    from .vision import load_vision
+
+    if base_vision not in hub.VISION_REGISTRY:
+        known = ", ".join(sorted(hub.VISION_REGISTRY))
+        raise ValueError(f"base_vision {base_vision!r} is not a registered tower (registered: {known})")
+    reference, _ = load_vision(base_vision, torch.float32, tower.config.image_size)
+    ours = tower.state_dict()
+    for name, tensor in reference.state_dict().items():
+        mine = ours.get(name)
+        if mine is None or mine.shape != tensor.shape or not torch.equal(mine.to(SAVE_DTYPE), tensor.to(SAVE_DTYPE)):
+            raise ValueError(f"the model's vision tower differs from the registered {base_vision!r} at {name}; "
+                             "store it (base_vision=None) or ship a llava folder")
+
+
+def save_parts(model, processor, out: str | os.PathLike, base_llm: str, base_vocab_size: int,
+               base_vision: str | None = None) -> Path:
+    """Write ``model`` as parts over ``base_llm`` (and ``base_vision``, a registered tower name, if given).
 
     ``model``: a llava model, or a PEFT model over one (its LoRA weights go to ``adapter/``).
     ``base_vocab_size``: the base LLM's vocabulary size; rows from there on are stored.
     The LLM's own weights are not stored: they must equal the base LLM's (true for stages 1 and 2 with
-    LoRA; a ``--full`` run must ship as a plain llava folder instead).
+    LoRA; a ``--full`` run must ship as a plain llava folder instead). With ``base_vision`` the tower is not
+    stored either; it must equal the registered tower at the model's input size (checked here).
     """
     from transformers import LlavaForConditionalGeneration
 
@@ -49,10 +74,14 @@ def save_parts(model, processor, out: str | os.PathLike, base_llm: str, base_voc
     inner = llava.model
 
     tower = inner.vision_tower
-    tower.save_pretrained(out / "vision", state_dict=_bf16(tower.state_dict()), safe_serialization=True)
+    if base_vision is None:
+        tower.save_pretrained(out / "vision", state_dict=_bf16(tower.state_dict()), safe_serialization=True)
+    else:
+        _check_registered_tower(tower, base_vision)
     save_file(_bf16(inner.multi_modal_projector.state_dict()), out / "projector.safetensors")
 
-    files = {"vision": "vision", "projector": "projector.safetensors", "adapter": None, "embeddings": None}
+    files = {"vision": "vision" if base_vision is None else None, "projector": "projector.safetensors",
+             "adapter": None, "embeddings": None}
     emb = llava.get_input_embeddings().weight
     if emb.shape[0] > base_vocab_size:
         rows = {"input": emb[base_vocab_size:]}
@@ -86,6 +115,8 @@ def save_parts(model, processor, out: str | os.PathLike, base_llm: str, base_voc
         "format": FORMAT,
         "base_llm": str(base_llm),
         "base_vocab_size": int(base_vocab_size),
+        "base_vision": base_vision,
+        "vision_image_size": int(tower.config.image_size),
         "image_token_id": int(cfg.image_token_id),
         "image_seq_length": int(cfg.image_seq_length),
         "vision_feature_layer": cfg.vision_feature_layer,
@@ -100,17 +131,18 @@ def save_parts(model, processor, out: str | os.PathLike, base_llm: str, base_voc
 
 def load_parts(path: str | os.PathLike, dtype: torch.dtype = torch.float32, merge: bool = False):
     """(llava model, processor) from a parts folder; the LoRA stays unmerged unless ``merge``."""
-    from transformers import AutoProcessor, CLIPVisionModel
+    from transformers import AutoProcessor
 
     from . import compose
+    from .vision import load_vision
 
     path = Path(path)
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelNotFoundError(f"{path} is not a readable parts folder: {exc}") from None
-    if manifest.get("format") != FORMAT:
-        raise ModelNotFoundError(f"{path}: unsupported parts format {manifest.get('format')!r} (expected {FORMAT})")
+    if manifest.get("format") not in READABLE:
+        raise ModelNotFoundError(f"{path}: unsupported parts format {manifest.get('format')!r} (readable: {READABLE})")
 
     processor = AutoProcessor.from_pretrained(path / "processor")
     llm, _ = compose.load_llm(manifest["base_llm"], dtype)
@@ -119,14 +151,18 @@ def load_parts(path: str | os.PathLike, dtype: torch.dtype = torch.float32, merg
             f"{path}: base LLM {manifest['base_llm']!r} has {llm.get_input_embeddings().weight.shape[0]} "
             f"embedding rows, the parts expect {manifest['base_vocab_size']}"
         )
-    tower = CLIPVisionModel.from_pretrained(path / manifest["vision"], dtype=dtype, use_safetensors=True)
-    model, _ = compose.compose(tower, llm, processor.tokenizer)
+    if manifest.get("base_vision"):
+        tower, _ = load_vision(manifest["base_vision"], dtype, manifest["vision_image_size"])
+    else:
+        tower, _ = load_vision(path / manifest["vision"], dtype)
+    model, _ = compose.compose(tower, llm, processor.tokenizer, vision_feature_layer=manifest["vision_feature_layer"])
     cfg = model.config
     if cfg.image_token_id != manifest["image_token_id"]:
         raise ModelNotFoundError(f"{path}: <image> token id {cfg.image_token_id} != {manifest['image_token_id']}")
-    cfg.vision_feature_layer = manifest["vision_feature_layer"]
     cfg.vision_feature_select_strategy = manifest["vision_feature_select_strategy"]
-    cfg.image_seq_length = manifest["image_seq_length"]
+    if cfg.image_seq_length != manifest["image_seq_length"]:
+        raise ModelNotFoundError(f"{path}: the tower gives {cfg.image_seq_length} image tokens, the parts were "
+                                 f"saved with {manifest['image_seq_length']}")
 
     with torch.no_grad():
         if manifest.get("embeddings"):

@@ -2,7 +2,7 @@
 
 A name is looked up among the models shipped with vlm (``vlm/assets/<name>``); a folder is read by its
 contents: ``adapter_config.json`` means an unmerged LoRA adapter, ``vlm_parts.json`` a parts folder
-(tower + projector + adapter over a registered base LLM), ``config.json`` with ``model_type: llava`` a
+(projector + adapter, and the tower unless it is a registered one, over a registered base LLM), ``config.json`` with ``model_type: llava`` a
 plain llava checkpoint. Nothing depends on how a folder is named.
 """
 from __future__ import annotations
@@ -47,7 +47,8 @@ def resolve_model(name_or_path: str | os.PathLike, dtype: torch.dtype):
 
 
 def vision_folder(name_or_path: str | os.PathLike) -> Path:
-    """The tower folder of a shipped name or a parts folder (its ``vision`` part), else the folder itself."""
+    """The tower folder of a shipped name or a parts folder (its stored ``vision`` part, or the registered
+    tower it names, fetched on first use, at the tower's native size), else the folder itself."""
     path = Path(name_or_path).expanduser()
     if not path.is_dir() and str(name_or_path) in shipped_models():
         path = ASSETS / str(name_or_path)
@@ -55,5 +56,10 @@ def vision_folder(name_or_path: str | os.PathLike) -> Path:
     if manifest.is_file():
         import json
 
-        return path / json.loads(manifest.read_text())["vision"]
+        parts = json.loads(manifest.read_text())
+        if parts.get("base_vision"):
+            from .hub import resolve_vision
+
+            return Path(resolve_vision(parts["base_vision"]))
+        return path / parts["vision"]
     return path

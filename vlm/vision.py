@@ -53,17 +53,18 @@ def load_vision(vision, dtype: torch.dtype = torch.float32, image_size: int | No
     """
     from transformers import PretrainedConfig
 
+    # loaded in float32 and resized before the cast, so a size change never resamples a rounded table
     if isinstance(vision, PretrainedConfig):
-        tower = _tower_class(vision)(vision).to(dtype)
-        return resize(tower, image_size), {}
+        tower = _tower_class(vision)(vision)
+        return resize(tower, image_size).to(dtype), {}
     path = hub.resolve_vision(vision)
     try:
         config = tower_config(path)
-        tower = _tower_class(config).from_pretrained(path, config=config, dtype=dtype, use_safetensors=True)
+        tower = _tower_class(config).from_pretrained(path, config=config, dtype=torch.float32, use_safetensors=True)
     except (OSError, ValueError) as exc:
         known = ", ".join(sorted(hub.VISION_REGISTRY))
         raise ModelNotFoundError(f"could not load vision tower {str(vision)!r} (registered names: {known}): {exc}") from None
-    return resize(tower, image_size), image_statistics(path)
+    return resize(tower, image_size).to(dtype), image_statistics(path)
 
 
 def image_statistics(path: str | os.PathLike) -> dict:

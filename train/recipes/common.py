@@ -27,7 +27,8 @@ def load_start(cfg, dtype: torch.dtype):
 
         vision = TowerPreset().to_config() if cfg.vision == "preset" else cfg.vision
         torch.manual_seed(cfg.seed)  # the fresh projector (and a fresh tower) start from the run's seed
-        return compose.build(vision, cfg.model, dtype)
+        layer = compose.DEFAULT_FEATURE_LAYER if cfg.vision_feature_layer is None else cfg.vision_feature_layer
+        return compose.build(vision, cfg.model, dtype, cfg.image_size, layer)
     from vlm.registry import resolve_model
 
     model, processor = resolve_model(cfg.model, dtype)
