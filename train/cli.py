@@ -3,11 +3,15 @@ retrieval heads for a frozen tower).
 
 STAGES maps a stage name to a module with ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``
 (the same contract as ``vlm.cli.COMMANDS``); heavy imports stay inside ``run``.
+
+A stage that cannot write its checkpoint or output (a full disk, a quota) ends with one line naming the
+problem and the way back (``--resume`` from the last intact checkpoint) and exit status 1, not a traceback.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 HELP = ("train a stage: stage0 (vision tower), stage1 (projector alignment), stage2 (instruction tuning); "
         "heads (a tower's retrieval heads)")
@@ -30,4 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return int(args._stage_run(args) or 0)
+    from .checkpoint import DISK_FULL, CheckpointWriteError
+
+    try:
+        return int(args._stage_run(args) or 0)
+    except CheckpointWriteError as exc:
+        print(f"vlm train {args.stage}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        print(f"vlm train {args.stage}: error: could not write {exc.filename or 'a file'}: {exc.strerror}; "
+              f"free some space and rerun (with --resume to continue from the last checkpoint)", file=sys.stderr)
+        return 1

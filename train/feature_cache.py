@@ -18,7 +18,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+
+from .durable import write_file
 
 
 def default_root() -> Path:
@@ -99,7 +102,8 @@ class FeatureCache:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".safetensors")
         os.close(fd)
         try:
-            save_file({"features": features}, tmp)
+            data = safetensors_bytes({"features": features})
+            write_file(Path(tmp), lambda f: f.write(data), fsync=False)  # a full disk raises OSError(ENOSPC)
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):

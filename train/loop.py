@@ -3,7 +3,8 @@
 Per run: load the model (recipe), tokenise the data, make sure every image's tower features are cached
 (the tower never runs during the steps), train with length-grouped batches, gradient accumulation,
 optional gradient checkpointing and bf16 autocast, checkpoint atomically every ``save_every`` steps, and
-finish with the recipe's output folder plus ``metrics.jsonl``, ``loss.png`` and ``summary.json``.
+finish with the recipe's output folder plus ``metrics.jsonl``, ``loss.png`` and ``summary.json``. A checkpoint
+or final model that cannot be written (full disk) stops the run with :class:`checkpoint.CheckpointWriteError`.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from data_prep.io import load_records
 from . import checkpoint
 from .config import TrainConfig
 from .data import Collator, LengthGroupedBatches, TrainingSet
+from .durable import os_error_of
 from .feature_cache import FeatureCache, ensure_features, tower_fingerprint, unreadable
 from .recipes import get_recipe
 from .recipes.common import llava_of
@@ -135,6 +137,8 @@ def train(cfg: TrainConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         if not cfg.resume:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        else:
+            checkpoint.remove_partial(out)
         (out / "train_config.json").write_text(cfg.to_json())
     accelerator.wait_for_everyone()
 
@@ -181,6 +185,10 @@ def train(cfg: TrainConfig) -> dict:
         else:
             state = checkpoint.restore(accelerator, wrapper, optimizer, scheduler, ckpt)
             log(f"resumed from {ckpt} (step {state.step}, epoch {state.epoch}, batch {state.batch_in_epoch})")
+            mismatch = checkpoint.thread_mismatch(state, torch.get_num_threads())
+            if mismatch:
+                log(f"warning: {mismatch}")
+    state.threads = torch.get_num_threads()
     metrics = MetricsLog(out / "metrics.jsonl", state.step, main)
     setup_s = time.time() - t_setup
 
@@ -227,7 +235,11 @@ def train(cfg: TrainConfig) -> dict:
             if cfg.save_every and state.step % cfg.save_every == 0 and state.step < total:
                 saved = state.elapsed
                 state.elapsed = saved + elapsed
-                checkpoint.save(accelerator, wrapper, optimizer, scheduler, state, out, cfg.keep_checkpoints)
+                try:
+                    checkpoint.save(accelerator, wrapper, optimizer, scheduler, state, out, cfg.keep_checkpoints)
+                except checkpoint.CheckpointWriteError:
+                    bar.close()  # end the progress line, so the error starts on a line of its own
+                    raise
                 state.elapsed = saved
             if state.step >= total:
                 break
@@ -246,7 +258,13 @@ def train(cfg: TrainConfig) -> dict:
     if main:
         final_model = accelerator.unwrap_model(wrapper).model
         processor.tokenizer.padding_side = "left"  # the saved processor is for generation
-        recipe.save(final_model, processor, out, cfg)
+        try:
+            recipe.save(final_model, processor, out, cfg)
+        except Exception as exc:  # transformers and safetensors wrap a failed write in their own errors
+            cause = os_error_of(exc)
+            if cause is None:
+                raise
+            raise checkpoint.write_failure(cause, "the final model", out, out) from exc
         rows = metrics.rows()
         losses = [r["loss"] for r in rows]
         tail = losses[-max(1, len(losses) // 10):] if losses else []
