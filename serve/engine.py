@@ -63,7 +63,6 @@ class Job:
         self.error: BaseException | None = None
         self.done = threading.Event()
         self.started: float | None = None
-        self.finished: float | None = None
         self._on_stop: Callable[["Job"], None] | None = None  # the engine: take it out of the queue
         self._loop = loop
         self._events: queue.Queue | asyncio.Queue = asyncio.Queue() if loop else queue.Queue()
@@ -85,7 +84,6 @@ class Job:
         if self.done.is_set():
             return
         self.result, self.error = result, error
-        self.finished = time.monotonic()
         self.done.set()
         self._put(_END)
 
@@ -322,8 +320,9 @@ class Engine:
             except ValueError:
                 return  # already running (the cancel Event stops it) or finished
             self.stats.queued -= 1
-            job.finish(error=_stopped_error(job, self._retry_after_locked()))
-            self._account(job)
+            error = _stopped_error(job, self._retry_after_locked())
+            self._account(job, error)
+            job.finish(error=error)
         job._timer.cancel()
 
     def _generate(self, job: Job, prepared: Prepared) -> Completion:
@@ -368,38 +367,40 @@ class Engine:
             self._run(job)
 
     def _run(self, job: Job) -> None:
+        result, error = None, None
         try:
             if job.cancel.is_set():  # stopped between leaving the queue and here
-                job.finish(error=_stopped_error(job, self.retry_after()))
+                error = _stopped_error(job, self.retry_after())
             else:
                 job.started = time.monotonic()
-                job.finish(result=job.work(job))
+                result = job.work(job)
         except ServeError as exc:
-            job.finish(error=exc)
+            error = exc
         except InputError as exc:  # vlm's checks of the client's input, met while running
-            job.finish(error=BadRequest(str(exc)))
+            error = BadRequest(str(exc))
         except Exception as exc:  # never let one request take a worker down
-            job.finish(error=self.internal_error(exc, job.request_id, "generating"))
+            error = self.internal_error(exc, job.request_id, "generating")
         finally:
             job._timer.cancel()
-            with self._lock:
+            with self._lock:  # counted before the caller can see the outcome, so the counters are never behind
                 self.stats.running -= 1
                 self._running.discard(job)
-                self._account(job)
+                self._account(job, error)
+            job.finish(result=result, error=error)
 
-    def _account(self, job: Job) -> None:
+    def _account(self, job: Job, error: BaseException | None) -> None:
         """Count a finished job (lock held). Internal failures were counted by :meth:`internal_error`."""
         s = self.stats
         if job.reason == "timeout":
             s.timed_out += 1
         elif job.reason is not None:
             s.cancelled += 1
-        elif job.error is None:
+        elif error is None:
             s.completed += 1
             s.consecutive_failures = 0
-            if job.started is not None and job.finished is not None:
-                self._durations.append(job.finished - job.started)
-        elif not isinstance(job.error, Internal):
+            if job.started is not None:
+                self._durations.append(time.monotonic() - job.started)
+        elif not isinstance(error, Internal):
             s.client_errors += 1
 
     # -- status and shutdown ---------------------------------------------------------------------

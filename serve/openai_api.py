@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from vlm import generation
 from vlm.errors import InputError
 
 from .config import ServeConfig
@@ -224,7 +225,8 @@ class OpenAIRoutes:
     # -- routes ------------------------------------------------------------------------------------
     async def health(self):
         healthy, status, reason = self.engine.health()
-        body = {"status": status, "reason": reason, "model": self.model_id, **self.engine.snapshot()}
+        body = {"status": status, "reason": reason, "model": self.model_id,
+                "context_length": generation.context_length(self.engine.vlm.model), **self.engine.snapshot()}
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     def _model_card(self) -> dict:

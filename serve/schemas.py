@@ -261,5 +261,6 @@ class Health(BaseModel):
     status: Literal["ok", "draining", "unhealthy"]
     reason: str | None
     model: str
+    context_length: int
     running: int
     queued: int

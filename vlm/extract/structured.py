@@ -69,8 +69,8 @@ def answer_machine(schema: dict | None = None) -> JsonObjectMachine:
     """The decoder's acceptor for answers that satisfy ``schema`` (``None``: any flat JSON object)."""
     if schema is None:
         return JsonObjectMachine(None, free_rule=ValueRule(kind="any"))
+    doc = from_json_schema(schema)  # its shape first (flat object, known types), then its keywords
     check_supported(schema)
-    doc = from_json_schema(schema)
     rules = [ValueRule(choices=f.enum, max_length=f.max_length, kind=f.kind, nullable=f.nullable)
              for f in doc.fields]
     return JsonObjectMachine(doc.names, rules)
