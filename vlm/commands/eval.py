@@ -17,7 +17,7 @@ DEFAULT_FLICKR_TRAIN = REPO.parent / "shared" / "data" / "flickr8k" / "train.jso
 SYSTEMS = {
     "sroie": ("model", "rules", "zero-shot"),
     "captions": ("model", "nearest-neighbour"),
-    "vqa": ("model", "blind", "prior"),
+    "vqa": ("model", "blind", "prior", "llm"),
 }
 
 
@@ -64,16 +64,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default="auto", choices=["auto", "ptb", "simple"],
                    help="caption tokenisation for scoring (auto: PTB if java is available)")
 
-    p = sub.add_parser("retrieval", help="image-text retrieval R@1/5/10 of a stage-0 tower vs chance")
+    p = sub.add_parser("retrieval", help="image-text retrieval R@1/5/10 of a stage-0 tower or a CLIP vs chance "
+                       "(a CLIP also gets the zero-shot check: 10 caption-derived labels)")
     _common(p, "retrieval")
-    p.add_argument("--vision", default="vlm-tiny", help="stage-0 tower folder (with retrieval.json), or a shipped "
-                   "model / parts folder whose tower carries one (default: %(default)s)")
+    p.add_argument("--vision", default="vlm-tiny", help="stage-0 tower folder (with retrieval.json), a shipped "
+                   "model / parts folder whose tower carries one, or a CLIP-interface model folder "
+                   "(`vlm train clip` output, a CLIPModel) (default: %(default)s)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
+    p.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=None,
+                   help="CLIP folders: average each image with its mirror image (default: what lit.json says)")
 
     p = sub.add_parser("vqa", help="visual question answering accuracy vs blind-model and answer-prior baselines")
     _common(p, "vqa")
     _model_args(p, "vqa")
     p.add_argument("--suffix", default=None, help="instruction appended to each question")
+    p.add_argument("--prior-train", default=None, help="VQA file the answer prior is fitted on (e.g. "
+                   "flickr8k_vqa_train.jsonl from `vlm prep qa`; default: the evaluated file, an optimistic prior)")
+    p.add_argument("--llm", default="smollm2-135m-instruct",
+                   help="base text LLM of the optional 'llm' system (the same prompt, no image; default: %(default)s)")
+    p.set_defaults(systems="model,blind,prior")
 
 
 def _systems(args) -> list[str]:
@@ -233,16 +242,26 @@ def _vqa(args) -> dict:
     load = _ModelLoader(args)
     gen = {"max_new_tokens": 16, **_gen(args)}
     suffix = vqa.SHORT_ANSWER if args.suffix is None else args.suffix
+    if args.prior_train:
+        prior_records = load_records(args.prior_train, ("question", "answer"))
+        prior_source = f"{Path(args.prior_train).resolve()} ({len(prior_records)} questions)"
+    else:
+        prior_records, prior_source = records, "the evaluated file (optimistic)"
+    from vlm.eval.baselines.text_llm import TextLLM
+
     makers = {
         "model": System("model", lambda: vqa.model_predictor(load(), suffix, **gen), batch_size=args.batch_size,
                         note="the model with the image"),
         "blind": System("blind", lambda: vqa.model_predictor(load(), suffix, use_image=False, **gen),
                         batch_size=args.batch_size, note="the same model and prompt without the image"),
-        "prior": System("prior", lambda: vqa.prior_predictor(records), batch_size=len(records),
-                        note="most frequent answer of the question's type in this file (optimistic prior)"),
+        "prior": System("prior", lambda: vqa.prior_predictor(prior_records), batch_size=len(records),
+                        note=f"most frequent answer of the question's type in {prior_source}"),
+        "llm": System("llm", lambda: TextLLM(args.llm, gen["max_new_tokens"], _torch_dtype(args.dtype)).predictor(suffix),
+                      batch_size=args.batch_size, note=f"the base text LLM {args.llm}, same prompt, no image"),
     }
     info = RunInfo("vqa", str(Path(args.data).resolve()), args.model,
-                   {"dtype": args.dtype, "levers": args.levers, "suffix": suffix, **gen})
+                   {"dtype": args.dtype, "levers": args.levers, "suffix": suffix, "prior_train": prior_source,
+                    "llm": args.llm if "llm" in names else None, **gen})
     answers = {r.id: r.data["answer"] for r in records}
     questions = {r.id: r.data["question"] for r in records}
     return evaluate(info, records, [makers[n] for n in names], _out(args),
@@ -255,7 +274,8 @@ def _retrieval(args) -> dict:
     from vlm.eval.retrieval_task import evaluate_retrieval
 
     return evaluate_retrieval(args.data, args.vision, _out(args), limit=args.limit, batch_size=args.batch_size,
-                              dtype=_torch_dtype(args.dtype), fresh=args.fresh, progress=not args.no_progress)
+                              dtype=_torch_dtype(args.dtype), fresh=args.fresh, progress=not args.no_progress,
+                              flip_average=args.flip_average)
 
 
 # ------------------------------------------------------------------------------------------- summary
@@ -263,7 +283,8 @@ _KEYS = {
     "sroie": lambda m: {**{f"{f}_f1": v["f1"] for f, v in m["fields"].items()}, "overall_f1": m["overall"]["f1"]},
     "captions": lambda m: {k: m[k] for k in ("bleu4", "cider", "mean_length")},
     "vqa": lambda m: {k: m[k] for k in ("accuracy", "relaxed_accuracy")},
-    "retrieval": lambda m: {k: v for k, v in m.items() if k.startswith(("i2t_r", "t2i_r"))},
+    "retrieval": lambda m: {k: v for k, v in m.items()
+                            if k.startswith(("i2t_r", "t2i_r")) or k in ("top1", "balanced_top1", "majority_top1")},
 }
 
 

@@ -1,0 +1,53 @@
+"""Image-caption pairs for LiT and their batch order.
+
+Contract: :func:`load_pairs` reads a Flickr8k-style JSONL file (``{"image", "captions": [...]}``, image paths
+relative to the file) into one flat list of captions, each with the index of its image. :func:`epoch_order`
+is a permutation of all captions that depends only on ``(seed, epoch)``, so a resumed run replays the same
+batches; :func:`batches` cuts it into full batches (the last partial one is dropped: InfoNCE wants the same
+number of negatives every step). Two captions of one image can share a batch; the loss masks that pair.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class Pairs:
+    images: list[str]  # image file paths
+    captions: list[str]  # every caption of every image, in file order
+    owner: list[int]  # the image index of each caption
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+def load_pairs(path: str | Path, limit: int | None = None) -> Pairs:
+    """Pairs of a JSONL file; ``limit`` keeps the first N images."""
+    from vlm.eval.records import load_records
+
+    images, captions, owner = [], [], []
+    for i, r in enumerate(load_records(path, ("image", "captions"), limit)):
+        caps = [str(c) for c in r.data["captions"] if str(c).strip()]
+        if not caps:
+            raise ValueError(f"{path}: record {r.id} has no captions")
+        images.append(str(r.image))
+        captions.extend(caps)
+        owner.extend([i] * len(caps))
+    return Pairs(images, captions, owner)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+def batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """The caption-index batches of one epoch (``n // batch_size`` of them; at least one if ``n >= 2``)."""
+    if n < 2:
+        raise ValueError(f"need at least 2 captions to train, got {n}")
+    size = min(batch_size, n)
+    order = epoch_order(n, seed, epoch)
+    return [order[s:s + size] for s in range(0, n - size + 1, size)]
