@@ -14,13 +14,14 @@ import importlib
 import sys
 
 HELP = ("train a stage: stage0 (vision tower), stage1 (projector alignment), stage2 (instruction tuning); "
-        "heads (a tower's retrieval heads)")
+        "heads (a tower's retrieval heads); clip (a text tower for the locked image tower, LiT)")
 
 STAGES: dict[str, str] = {
     "stage0": "train.stage0.cli",
     "stage1": "train.stage1",
     "stage2": "train.stage2",
     "heads": "train.stage0.heads",
+    "clip": "train.lit.cli",
 }
 
 
