@@ -10,7 +10,6 @@ punctuation, articles, number words -> digits, contractions) equals that of any 
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Sequence
 
 from .records import Record
@@ -87,21 +86,9 @@ def model_predictor(vlm, suffix: str = SHORT_ANSWER, use_image: bool = True, **g
 
 
 def prior_predictor(records: Sequence[Record]):
-    """Baseline: the most frequent first-listed answer among the file's questions of the same type
-    (:func:`question_type`), ties broken alphabetically; it sees the answers of the evaluated file, so it
-    is an optimistic "answer prior" that a model must beat to show it looks at the image."""
-    counts: dict[str, Counter] = {}
-    for rec in records:
-        alts = split_alternatives(rec.data["answer"])
-        if alts:
-            counts.setdefault(question_type(rec.data["question"]), Counter())[normalise_answer(alts[0])] += 1
-    overall = Counter()
-    for c in counts.values():
-        overall.update(c)
-    table = {t: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for t, c in counts.items() if c}
-    fallback = min(overall.items(), key=lambda kv: (-kv[1], kv[0]))[0] if overall else ""
+    """Baseline: the most frequent answer of each question type among ``records``
+    (:class:`vlm.eval.baselines.answer_prior.AnswerPrior`). Given the evaluated file itself it sees the
+    answers it is scored on (an optimistic prior); given training questions it is the honest one."""
+    from .baselines.answer_prior import AnswerPrior
 
-    def predict(batch: Sequence[Record]) -> list[str]:
-        return [table.get(question_type(rec.data["question"]), fallback) for rec in batch]
-
-    return predict
+    return AnswerPrior.from_records(records).predictor()
