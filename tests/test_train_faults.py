@@ -4,9 +4,10 @@ Stage 1 and stage 2 (LoRA, dropout on) run as subprocesses of the real CLI on a 
 Flickr8k photos. Each run is killed three times at seeded random steps and moments (the step is read from
 its ``metrics.jsonl`` as it trains) and resumed with ``--resume``; its final weights must equal an
 uninterrupted run's bit for bit. A tmpfs filled while a run trains makes a checkpoint write fail with ENOSPC:
-the run stops with one line naming the full disk, leaves no partial folder, and resuming from the previous
-checkpoint once space is freed ends with the uninterrupted run's weights. A unit test injects the same
-failure into ``checkpoint.save`` where a tmpfs cannot be mounted.
+the run stops with one line naming the full disk, leaves no partial folder, and the previous checkpoint
+resumes; a disk with room for checkpoints but not the final model stops the same way at the end; once space
+is freed the run ends with the uninterrupted run's weights. A unit test injects the same failure (the
+kernel's /dev/full) into ``checkpoint.save`` where a tmpfs cannot be mounted.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import errno
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -60,7 +62,9 @@ def wait_until(proc: subprocess.Popen, done, log: Path, what: str) -> None:
     deadline = time.time() + TIMEOUT_S
     while not done():
         assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before {what}:\n{log.read_text()[-3000:]}"
-        assert time.time() < deadline, f"timed out waiting for {what}"
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.005)
 
 
@@ -112,7 +116,7 @@ def refs(tmp_path_factory, llava_json, tiny_llm_dir, tiny_tower_dir, tiny_stage1
 def test_three_sigkills_at_random_steps_then_resume_is_bit_identical(stage, refs, llava_json, tiny_llm_dir,
                                                                    tiny_tower_dir, tiny_stage1, tmp_path, capsys):
     base = tiny_llm_dir if stage == 1 else tiny_stage1
-    out, log = tmp_path / "run", tmp_path / "stderr.log"
+    out, log = tmp_path / "run", tmp_path / "run.log"
     args = stage_args(stage, llava_json, base, tiny_tower_dir, out, refs["root"] / "cache")
     rng = random.Random(1400 + stage)
     last, kills = 0, []
@@ -133,7 +137,9 @@ def test_three_sigkills_at_random_steps_then_resume_is_bit_identical(stage, refs
     resumed = [line for line in printed.splitlines() if line.startswith(("resumed from", "--resume"))]
     assert len(resumed) == KILLS, resumed
     assert "warning: resuming with" not in printed
-    print(f"stage {stage}: killed after steps {kills}; {resumed}")
+    resumed_at = [int(n) for n in re.findall(r"resumed from \S+ \(step (\d+)", printed)]
+    with capsys.disabled():
+        print(f"stage {stage}: killed after steps {kills}; resumed from steps {resumed_at}")
     assert_same_run(refs[stage], out)
 
 
@@ -169,28 +175,37 @@ def tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
+def fill(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        f.write(b"\0" * size)
+
+
 def test_full_disk_mid_checkpoint_stops_cleanly_and_the_previous_checkpoint_resumes(
         refs, tmpfs, llava_json, tiny_llm_dir, tiny_tower_dir, tmp_path, capsys):
     from train import checkpoint
 
-    out, log = tmpfs / "run", tmp_path / "stderr.log"
+    out, log = tmpfs / "run", tmp_path / "run.log"
     args = stage_args(1, llava_json, tiny_llm_dir, tiny_tower_dir, out, refs["root"] / "cache", save_every=1)
     proc = launch(args, log)
-    first = out / "checkpoints" / f"step-{3:07d}" / "trainer_state.json"
-    wait_until(proc, first.exists, log, "the third checkpoint")
-    proc.send_signal(signal.SIGSTOP)  # hold the trainer while something else fills its disk
-    size = checkpoint.folder_bytes(first.parent)
-    filler = tmpfs / "filler"
-    with open(filler, "wb") as f:  # leave room for about half a checkpoint
-        f.write(b"\0" * (shutil.disk_usage(tmpfs).free - size // 2))
-    proc.send_signal(signal.SIGCONT)
-    assert proc.wait(timeout=TIMEOUT_S) == 1
+    try:
+        third = out / "checkpoints" / f"step-{3:07d}" / "trainer_state.json"
+        wait_until(proc, third.exists, log, "the third checkpoint")
+        proc.send_signal(signal.SIGSTOP)  # hold the trainer while something else fills its disk
+        size = checkpoint.folder_bytes(third.parent)
+        filler = tmpfs / "filler"
+        fill(filler, shutil.disk_usage(tmpfs).free - size // 2)  # leave room for about half a checkpoint
+        proc.send_signal(signal.SIGCONT)
+        assert proc.wait(timeout=TIMEOUT_S) == 1
+    finally:
+        proc.kill()
+        proc.wait()
     err = log.read_text()
     assert "Traceback" not in err, err[-3000:]
     errors = [line for line in err.splitlines() if line.startswith("vlm train stage1: error:")]
     assert len(errors) == 1, err[-3000:]
     message = errors[0]
-    print(message)
+    with capsys.disabled():
+        print(message)
     assert message.startswith("vlm train stage1: error: could not write checkpoint step-")
     assert "the disk is full (No space left on device" in message and "--resume" in message
     previous = checkpoint.latest(out)
@@ -198,9 +213,23 @@ def test_full_disk_mid_checkpoint_stops_cleanly_and_the_previous_checkpoint_resu
     assert not [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
     assert not (out / "summary.json").exists()
 
+    # room for the remaining checkpoints (~0.1 MiB each) but not for the final model (~16 MiB)
+    filler.unlink()
+    fill(filler, shutil.disk_usage(tmpfs).free - 2 * 2**20)
+    capsys.readouterr()
+    assert run_here(args + ["--resume"]) == 1
+    printed = capsys.readouterr()
+    assert f"resumed from {previous}" in printed.out
+    message = printed.err.strip().splitlines()[-1]
+    with capsys.disabled():
+        print(message)
+    assert message.startswith(f"vlm train stage1: error: could not write the final model in {out}: the disk is full")
+    last = checkpoint.latest(out)
+    assert f"The last complete checkpoint, {last}, is intact" in message and last.name == f"step-{STEPS - 1:07d}"
+
     filler.unlink()
     assert run_here(args + ["--resume"]) == 0
-    assert f"resumed from {previous}" in capsys.readouterr().out
+    assert f"resumed from {last}" in capsys.readouterr().out
     assert_same_run(refs[1], out)  # the reference checkpointed every second step: cadence changes nothing
 
 
@@ -257,6 +286,11 @@ def test_checkpoint_save_on_a_full_disk_keeps_the_previous_checkpoint(tmp_path, 
     model, opt, sched = fresh()
     step(model, opt, sched)
     first = checkpoint.save(acc, model, opt, sched, checkpoint.TrainerState(step=1), tmp_path)
+    killed = tmp_path / "checkpoints" / ".tmp-step-0000005"  # what a SIGKILL during a write leaves
+    killed.mkdir()
+    (killed / "trainable.safetensors").write_bytes(b"half a fi")
+    assert checkpoint.latest(tmp_path) == first
+    assert checkpoint.remove_partial(tmp_path) == [killed] and not killed.exists()
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     step(model, opt, sched)
 
