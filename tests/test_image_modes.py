@@ -164,7 +164,7 @@ def _cases():
         return Image.frombytes("I;16B", g.shape[::-1], (g.astype(">u2") * 257).tobytes())
 
     def int32(scale, offset):
-        return lambda _, g, __: Image.fromarray(g.astype(np.int32) * scale + offset, "I")
+        return lambda _, g, __: Image.fromarray((g.astype(np.int64) * scale + offset).astype(np.int32), "I")
 
     def float32(scale, offset):
         return lambda _, g, __: Image.fromarray((g.astype(np.float32) * scale + offset).astype(np.float32), "F")
@@ -212,6 +212,7 @@ def _cases():
         "I 16-bit": (int32(257, 0), ["TIFF"], lambda raw, _: _gray3(raw / 257.0), 0),
         "I 8-bit": (int32(1, 0), ["TIFF"], lambda raw, _: _gray3(raw), 0),
         "I signed": (int32(1000, -70000), ["TIFF"], stretched, 0),
+        "I 32-bit": (int32(2 ** 24, -2 ** 31), ["TIFF"], stretched, 0),  # max - min overflows int32
         "F unit": (float32(1 / 255, 0), ["TIFF"], lambda raw, _: _gray3(raw.astype(np.float64) * 255), 0),
         "F 8-bit": (float32(1, 0), ["TIFF"], lambda raw, _: _gray3(raw), 0),
         "F 16-bit": (float32(257, 0), ["TIFF"], lambda raw, _: _gray3(raw / 257.0), 0),

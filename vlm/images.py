@@ -113,13 +113,13 @@ def _gray_from_high_depth(img: Image.Image) -> Image.Image:
     if img.mode == "F" and not np.isfinite(values).all():
         bad = int((~np.isfinite(values)).sum())
         raise ImageError(f"float image (mode F) has {bad} NaN or infinite pixel values; vlm needs finite values")
-    low, high = values.min(), values.max()
+    low, high = float(values.min()), float(values.max())  # float: int32 max - min can overflow
     if img.mode.startswith("I;16"):
-        low, top = 0, 65535
+        low, top = 0.0, 65535.0
     else:
         fits = [t for t in _NOMINAL_TOPS[img.mode] if low >= 0 and high <= t]
-        low, top = (0, fits[0]) if fits else (low, high)
-    span = float(top - low) or 1.0  # a constant image outside every nominal range becomes black
+        low, top = (0.0, fits[0]) if fits else (low, high)
+    span = (top - low) or 1.0  # a constant image outside every nominal range becomes black
     gray = np.rint((values.astype(np.float32) - np.float32(low)) * np.float32(255.0 / span))
     gray = np.clip(gray, 0, 255).astype(np.uint8)
     key = img.info.get("transparency")
