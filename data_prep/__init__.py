@@ -13,6 +13,9 @@ are accepted too); :func:`data_prep.io.load_llava_dataset` resolves them to abso
 - :mod:`data_prep.io`: reading and writing record files, the ``datasets`` loader.
 - :mod:`data_prep.prompts`: the seeded prompt pools.
 - :mod:`data_prep.flickr8k`, :mod:`data_prep.sroie`: the two preparations.
+- :mod:`data_prep.qa` (with :mod:`~data_prep.qa_facts`, :mod:`~data_prep.qa_vocab`): short-answer questions
+  from Flickr8k captions; :mod:`data_prep.textonly` (with :mod:`~data_prep.textonly_prompts`): text-only
+  chats answered by the base LLM.
 - :mod:`data_prep.cli`: ``vlm prep ...``.
 """
 from .io import load_llava_dataset, load_pairs_dataset, load_records, write_records

@@ -2,6 +2,10 @@
 
 - ``vlm prep flickr8k --src ../shared/data/flickr8k --out DIR``
 - ``vlm prep sroie --src ../shared/data/sroie --out DIR [--ocr rapidocr|dataset]``
+- ``vlm prep qa --src ../shared/data/flickr8k --out DIR``: short-answer questions from the captions (stage 2)
+  and the dev VQA file for ``vlm eval vqa``.
+- ``vlm prep textonly --model smollm2-135m-instruct --out DIR``: text-only chats answered by the base LLM
+  (stage 2) and a text-only dev set with reference answers.
 - ``vlm prep mix PATH[:N] ... --out FILE``: sample and shuffle record files into one training file.
 - ``vlm prep check FILE [FILE ...]``: count bad records in LLaVA files by reason.
 
@@ -15,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-HELP = "prepare LLaVA training data (flickr8k, sroie) or check record files"
+HELP = "prepare LLaVA training data (flickr8k, sroie, qa, textonly) or check record files"
 
 
 def _common(p: argparse.ArgumentParser, limit_help: str) -> None:
@@ -50,6 +54,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sr.add_argument("--swaps", type=int, default=0,
                     help="vendor-swapped extraction records per train receipt: another vendor's company and "
                          "address rows put into the receipt's OCR text (default 0)")
+    qa = sub.add_parser("qa", help="Flickr8k captions -> short-answer questions (stage 2) and dev VQA file")
+    _common(qa, "use at most the first N images of each split (quick runs)")
+    qa.add_argument("--turns", type=int, default=4, help="questions per training record (default 4)")
+    qa.add_argument("--suffix-share", type=float, default=0.75,
+                    help="share of training questions followed by the short-answer instruction (default 0.75)")
+    to = sub.add_parser("textonly", help="text-only chats answered by the base LLM (stage 2) + text-only dev set")
+    to.add_argument("--model", default="smollm2-135m-instruct", help="the base LLM that answers (default: %(default)s)")
+    to.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    to.add_argument("--max-new-tokens", type=int, default=96, help="answer length limit (default 96)")
+    to.add_argument("--batch-size", type=int, default=16)
+    to.add_argument("--limit", type=int, default=None, help="answer only the first N training prompts")
+    to.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    to.add_argument("--quiet", action="store_true", help="no progress bar")
     mx = sub.add_parser("mix", help="mix record files (PATH[:N] samples N) into one shuffled training file")
     mx.add_argument("sources", nargs="+", metavar="PATH[:N]")
     mx.add_argument("--out", required=True, type=Path, help="output JSON file")
@@ -91,6 +108,29 @@ def run(args: argparse.Namespace) -> int:
             absolute_paths=args.absolute_paths, decode_images=not args.no_decode, strict=args.strict,
         )
         _print_summary(prepare_sroie(cfg, progress=not args.quiet), cfg.out / "sroie_summary.json")
+        return 0
+    if args.prep_command == "qa":
+        from .qa import QAPrepConfig, prepare_qa
+
+        cfg = QAPrepConfig(
+            src=args.src, out=args.out, seed=args.seed, limit=args.limit, turns=args.turns,
+            suffix_share=args.suffix_share, absolute_paths=args.absolute_paths, decode_images=not args.no_decode,
+            strict=args.strict,
+        )
+        summary = prepare_qa(cfg, progress=not args.quiet)
+        _print_summary(summary, cfg.out / "flickr8k_qa_summary.json")
+        print(json.dumps({"questions_by_type": summary["questions_by_type"],
+                          "yes_no_answers": summary["yes_no_answers"]}, indent=2))
+        return 0
+    if args.prep_command == "textonly":
+        from .textonly import TextOnlyConfig, prepare_textonly
+
+        cfg = TextOnlyConfig(model=args.model, out=args.out, max_new_tokens=args.max_new_tokens,
+                             batch_size=args.batch_size, limit=args.limit, threads=args.threads)
+        summary = prepare_textonly(cfg, progress=not args.quiet)
+        _print_summary(summary, cfg.out / "textonly_summary.json")
+        print(json.dumps({k: summary[k] for k in ("records", "dev_questions", "generated", "cached",
+                                                  "generation_seconds")}, indent=2))
         return 0
     if args.prep_command == "mix":
         from .mix import MixConfig, MixSource, mix
