@@ -97,6 +97,23 @@ def test_feature_cache_is_reused_and_keyed(tiny_tower, data_dir, flickr_records,
     assert torch.allclose(first["cls"], cached_outputs(tower, prep, paths, None)["cls"], atol=1e-6)
 
 
+def test_batches_are_reproducible_and_grouped_by_length():
+    from train.lit.data import batches
+
+    lengths = [(i * 7) % 23 + 3 for i in range(1000)]
+    first = batches(1000, 64, seed=1, epoch=0, lengths=lengths)
+    assert [b.tolist() for b in first] == [b.tolist() for b in batches(1000, 64, seed=1, epoch=0, lengths=lengths)]
+    assert len(first) == 15 and all(len(b) == 64 for b in first)
+    flat = torch.cat(first)
+    assert len(set(flat.tolist())) == len(flat)  # no caption twice
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in first)
+    plain = batches(1000, 64, seed=1, epoch=0)
+    assert spread < sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in plain) / 4
+    assert torch.cat(batches(1000, 64, seed=1, epoch=1, lengths=lengths)).tolist() != flat.tolist()
+    with pytest.raises(ValueError, match="2 captions"):
+        batches(1, 64, seed=1, epoch=0)
+
+
 def test_info_nce_masks_pairs_of_the_same_image():
     from train.lit.sides import info_nce
 
@@ -189,6 +206,21 @@ def test_train_exports_a_stock_clip_and_resumes_exactly(tiny_tower, data_dir, tm
     assert all(torch.equal(b_full[k], c_full[k]) for k in b_full)
     rows = [json.loads(x) for x in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_unlocked_tower_trains_too(tiny_tower, data_dir, tmp_path):
+    from transformers import Dinov2Model, VisionTextDualEncoderModel
+
+    from train.lit.loop import train
+
+    summary = train(tiny_config(data_dir, tiny_tower, tmp_path / "u", max_steps=2, unlock_vision=True),
+                    log=lambda *a: None)
+    before = Dinov2Model.from_pretrained(tiny_tower).state_dict()
+    after = VisionTextDualEncoderModel.from_pretrained(summary["model_folder"]).vision_model.state_dict()
+    assert before.keys() == after.keys()
+    assert not torch.equal(before["embeddings.patch_embeddings.projection.weight"],
+                           after["embeddings.patch_embeddings.projection.weight"])
+    assert json.loads((Path(summary["model_folder"]) / "lit.json").read_text())["locked_image_tower"] is False
 
 
 def test_measurement_layouts_write_no_model(tiny_tower, data_dir, tmp_path):

@@ -105,13 +105,13 @@ def build(cfg: LitConfig, out: Path, pairs: dict, log):
                            cfg.max_text_length, cfg.text_attention_dropout, tokenizer.eos_token_id)
         clip = build_clip(tower, tcfg, cfg.projection_dim, cfg.init_logit_scale, emb)
         ids = {s: encode(tokenizer, pairs[s].captions, cfg.max_text_length) for s in SPLITS}
-        text = ClipText(clip.text_model, clip.text_projection, tokenizer, ids)
+        text = ClipText(clip.text_model, clip.text_projection, tokenizer, ids, cfg.bf16)
     else:
         states = _frozen_states(cfg, pairs, log)
         text = FrozenStates(nn.Linear(states["train"].shape[1], cfg.projection_dim), states)
     if cfg.unlock_vision:
         image = UnlockedImages(clip.vision_model, clip.visual_projection,
-                               {s: pairs[s].images for s in SPLITS}, prep, cfg.flip)
+                               {s: pairs[s].images for s in SPLITS}, prep, cfg.flip, cfg.bf16)
     else:
         tower.requires_grad_(False)
         features = _features(cfg, tower, prep, pairs, log)
@@ -175,7 +175,8 @@ def train(cfg: LitConfig, log=print) -> dict:
     model, clip, tokenizer, prep = build(cfg, out, pairs, log)
     model.to(device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    per_epoch = len(batches(len(pairs["train"]), cfg.batch_size, cfg.seed, 0))
+    lengths = model.text.lengths("train") if cfg.group_by_length else None
+    per_epoch = len(batches(len(pairs["train"]), cfg.batch_size, cfg.seed, 0, lengths))
     total = cfg.max_steps or max(1, math.ceil(per_epoch * cfg.epochs))
     eval_every = cfg.eval_every or per_epoch
     save_every = cfg.save_every or eval_every
@@ -200,7 +201,7 @@ def train(cfg: LitConfig, log=print) -> dict:
     t0 = time.time()
     losses: list[float] = []
     while state.step < total:
-        epoch_batches = batches(len(pairs["train"]), cfg.batch_size, cfg.seed, state.epoch)
+        epoch_batches = batches(len(pairs["train"]), cfg.batch_size, cfg.seed, state.epoch, lengths)
         for b in range(state.batch_in_epoch, len(epoch_batches)):
             captions = epoch_batches[b]
             views = torch.randint(n_views, (len(captions),))  # the global RNG: restored on resume

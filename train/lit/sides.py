@@ -6,7 +6,8 @@ inverse temperature, learned) and returns the symmetric InfoNCE loss of a batch.
 submodules' parameters with ``requires_grad``; cached features and token ids are plain attributes (never
 checkpointed). ``views`` is a (B,) tensor of view indices (0 plain, 1 mirrored), or ``None`` for the
 average over the available views (evaluation's flip averaging; the projection is linear, so averaging
-features equals averaging the projected embeddings).
+features equals averaging the projected embeddings). ``bf16`` autocasts a tower in training only: evaluation
+runs in float32, as the saved model does.
 """
 from __future__ import annotations
 
@@ -38,14 +39,17 @@ class CachedImages(nn.Module):
 class UnlockedImages(nn.Module):
     """Trained tower (LiT's "unlocked" setting): pixels of ``paths[split]`` through the tower each step."""
 
-    def __init__(self, vision, proj: nn.Linear, paths: dict[str, Sequence[str]], preprocessing: dict, flip: bool):
+    def __init__(self, vision, proj: nn.Linear, paths: dict[str, Sequence[str]], preprocessing: dict, flip: bool,
+                 bf16: bool = False):
         super().__init__()
-        self.vision, self.proj, self.flip = vision, proj, flip
+        self.vision, self.proj, self.flip, self.bf16 = vision, proj, flip, bf16
         self.__dict__["paths"] = paths
         self.__dict__["prep"] = preprocessing
 
     def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.vision(pixel_values=pixels).pooler_output)
+        with torch.autocast(pixels.device.type, dtype=torch.bfloat16, enabled=self.bf16 and self.training):
+            pooled = self.vision(pixel_values=pixels).pooler_output
+        return self.proj(pooled.float())
 
     def forward(self, split: str, idx: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
         from .features import load_pixels
@@ -64,18 +68,22 @@ class UnlockedImages(nn.Module):
 class ClipText(nn.Module):
     """A ``CLIPTextModel`` (pooled at EOS) and its projection, on pre-tokenised captions ``ids[split]``."""
 
-    def __init__(self, model, proj: nn.Linear, tokenizer, ids: dict[str, list[list[int]]]):
+    def __init__(self, model, proj: nn.Linear, tokenizer, ids: dict[str, list[list[int]]], bf16: bool = False):
         super().__init__()
-        self.model, self.proj = model, proj
+        self.model, self.proj, self.bf16 = model, proj, bf16
         self.__dict__["tokenizer"] = tokenizer
         self.__dict__["ids"] = ids
+
+    def lengths(self, split: str) -> list[int]:
+        return [len(x) for x in self.ids[split]]
 
     def forward(self, split: str, idx: torch.Tensor) -> torch.Tensor:
         rows = [self.ids[split][i] for i in idx.tolist()]
         enc = self.tokenizer.pad({"input_ids": rows}, return_tensors="pt")
         device = self.proj.weight.device
-        out = self.model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device))
-        return self.proj(out.pooler_output)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16 and self.training):
+            out = self.model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device))
+        return self.proj(out.pooler_output.float())
 
 
 class FrozenStates(nn.Module):
@@ -87,6 +95,9 @@ class FrozenStates(nn.Module):
         self.proj = proj
         mean, std = states["train"].mean(0), states["train"].std(0).clamp_min(1e-6)
         self.__dict__["states"] = {k: (v - mean) / std for k, v in states.items()}
+
+    def lengths(self, split: str) -> None:
+        return None  # one vector per caption: nothing to pad
 
     def forward(self, split: str, idx: torch.Tensor) -> torch.Tensor:
         return self.proj(self.states[split][idx].to(self.proj.weight.device))
