@@ -239,7 +239,7 @@ class Engine:
             if room < 1:
                 raise ContextTooLong(f"prompt is {prompt_tokens} tokens (images included), which leaves no room for "
                                      f"an answer: the model's context is {context} tokens", param="messages")
-            return min(self.config.default_max_tokens, room)
+            return min(self.config.default_max_tokens, self.config.max_tokens_cap, room)
         if max_tokens > room:
             raise ContextTooLong(
                 f"prompt is {prompt_tokens} tokens (images included) and max_tokens is {max_tokens}; "

@@ -19,6 +19,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from vlm import generation
 from vlm.errors import InputError
@@ -32,7 +33,6 @@ from .schemas import (ChatCompletion, ChatCompletionRequest, ErrorResponse, Heal
                       parse_chat_request)
 
 log = logging.getLogger("vlm.serve")
-ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def error_response(err: ServeError) -> JSONResponse:
@@ -77,6 +77,22 @@ def http_error(status: int, method: str, path: str, headers: dict | None = None)
                       code={401: "unauthorized", 413: "request_too_large"}.get(status))
 
 
+# One server-sent event of a streamed answer (OpenAPI 3.1: the schema of a text/event-stream describes each event)
+SSE_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {
+    "type": "string", "description": "a chat.completion.chunk (JSON), an OpenAI error object (JSON) if the answer "
+                                     "failed after it started, or [DONE] (last)"}}}
+
+
+class _Refuse:
+    """An ASGI endpoint that answers every method with a routing error (404, or 405 with ``allow``)."""
+
+    def __init__(self, status: int, allow: str | None = None):
+        self.status, self.allow = status, allow
+
+    async def __call__(self, scope, receive, send):
+        raise http_error(self.status, scope["method"], scope["path"], {"Allow": self.allow} if self.allow else None)
+
+
 _ERRORS = {code: {"model": ErrorResponse, "description": text} for code, text in {
     400: "bad request (an OpenAI error object naming the problem)", 401: "missing or wrong API key",
     404: "unknown model", 405: "wrong method", 413: "body or image too large", 429: "queue full (Retry-After)",
@@ -112,37 +128,28 @@ class OpenAIRoutes:
             summary="Create a chat completion",
             responses={200: {"model": ChatCompletion, "description": "the answer; with stream=true, server-sent "
                              "events of chat.completion.chunk objects ending in 'data: [DONE]'",
-                             "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                             "content": {"text/event-stream": {"schema": SSE_EVENT}}},
                        **_errors(400, 404, 413, 429, 500, 503, 504), **auth},
             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}}},
         )
         self.paths = {"/health": {"GET"}, "/v1/models": {"GET"}, "/v1/models/{model_id:path}": {"GET"},
                       "/v1/chat/completions": {"POST"}}
+        # After the routes above (which match their own methods first): any other method on them is a 405,
+        # anything else under /v1 is ours, not the UI's: an OpenAI 404. Raw ASGI endpoints match every method.
         for path, methods in self.paths.items():
-            allowed = sorted(methods | ({"HEAD"} if "GET" in methods else set()))
-            others = [m for m in ALL_METHODS if m not in allowed]
-            r.add_api_route(path, self._method_not_allowed(path, allowed), methods=others, include_in_schema=False)
-        # anything else under /v1 is ours, not the UI's: an OpenAI 404
-        r.add_api_route("/v1/{rest:path}", self.not_found, methods=list(ALL_METHODS), include_in_schema=False)
-        r.add_api_route("/v1", self.not_found, methods=list(ALL_METHODS), include_in_schema=False)
-
-    @staticmethod
-    def _method_not_allowed(path: str, allowed: list[str]):
-        async def method_not_allowed(request: Request):
-            raise http_error(405, request.method, request.url.path, {"Allow": ", ".join(allowed)})
-
-        return method_not_allowed
-
-    async def not_found(self, request: Request):
-        raise http_error(404, request.method, request.url.path)
+            r.routes.append(Route(path, _Refuse(405, ", ".join(sorted(methods))), include_in_schema=False))
+        for path in ("/v1", "/v1/{rest:path}"):
+            r.routes.append(Route(path, _Refuse(404), include_in_schema=False))
 
     def openapi_components(self) -> dict:
         """Schemas for ``components.schemas``: the request body the chat route reads itself."""
         schema = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
         defs = schema.pop("$defs", {})
-        # the names this server answers to (anything else is a 404 model_not_found)
-        schema["properties"]["model"] = {"type": "string", "title": "Model", "enum": sorted(self.model_names)}
+        # the names this server answers to (anything else is a 404 model_not_found); a local model folder's path,
+        # which is accepted too, is not published
+        names = sorted(n for n in self.model_names if "/" not in n and "\\" not in n) or [self.model_id]
+        schema["properties"]["model"] = {"type": "string", "title": "Model", "enum": names}
         schema["properties"]["max_tokens"]["anyOf"][0]["maximum"] = self.config.max_tokens_cap
         schema["properties"]["max_completion_tokens"]["anyOf"][0]["maximum"] = self.config.max_tokens_cap
         return {"ChatCompletionRequest": schema, **defs}

@@ -9,10 +9,11 @@ it had been honoured. A few fields that cannot change the answer (``user``, ``me
 """
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from .errors import BadRequest
 
@@ -20,12 +21,26 @@ MAX_STOP_LENGTH = 128  # characters per stop sequence
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    """No unknown fields, no coercion (``0`` is not ``false``, ``5.0`` not ``5``): what the schema says."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+
+def _only(value, kind: type):
+    """A parameter vlm does not implement: ``kind`` with exactly its neutral ``value`` (schema: ``const``)."""
+
+    def check(v):
+        if v != value:
+            raise ValueError(f"only {json.dumps(value)} is accepted")
+        return v
+
+    return Annotated[kind, AfterValidator(check), WithJsonSchema({"const": value})]
 
 
 # -- request ------------------------------------------------------------------------------------------------
 class ImageURL(_Strict):
-    url: str = Field(description="a base64 `data:` URL, or `http(s)` when the server allows remote images")
+    url: str = Field(description="a base64 `data:` URL, or `http(s)` when the server allows remote images",
+                     json_schema_extra={"pattern": "^(data:|https?://)"})  # checked by serve.remote_images
     detail: Literal["auto", "low", "high"] | None = Field(
         default=None, description="accepted and ignored: vlm sees every image at its tower's one resolution")
 
@@ -118,15 +133,15 @@ class ChatCompletionRequest(_Strict):
     repetition_penalty: float | None = Field(default=None, gt=0, le=2)
     no_repeat_ngram_size: int | None = Field(default=None, ge=0, le=16)
     # OpenAI parameters that vlm does not implement: neutral values only (see UNSUPPORTED)
-    n: Literal[1] | None = None
-    logprobs: Literal[False] | None = None
-    top_logprobs: Literal[0] | None = None
+    n: _only(1, int) | None = None
+    logprobs: _only(False, bool) | None = None
+    top_logprobs: _only(0, int) | None = None
     tools: _Nothing | None = None
     tool_choice: Literal["none", "auto"] | None = None
     functions: _Nothing | None = None
     function_call: Literal["none", "auto"] | None = None
-    presence_penalty: Literal[0] | None = None
-    frequency_penalty: Literal[0] | None = None
+    presence_penalty: _only(0, float) | None = None
+    frequency_penalty: _only(0, float) | None = None
     logit_bias: Annotated[dict[str, float], Field(max_length=0)] | None = None
     modalities: list[Literal["text"]] | None = None
     audio: None = None
@@ -134,7 +149,7 @@ class ChatCompletionRequest(_Strict):
     reasoning_effort: None = None
     verbosity: None = None
     web_search_options: None = None
-    store: Literal[False] | None = None
+    store: _only(False, bool) | None = None
     # accepted and ignored: they cannot change the answer
     parallel_tool_calls: bool | None = None
     user: str | None = None
