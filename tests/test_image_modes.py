@@ -366,6 +366,10 @@ def test_bomb_errors_quote_vlms_limit():
     with pytest.raises(ImageError, match=rf"^image is 400000000 pixels; the limit is {limit}$") as err:
         load_image(_png_header(20000, 20000))
     assert str(pillow_guard) not in str(err.value)
+    from vlm.documents import DocumentError, iter_pages  # `vlm extract`/`vlm ocr` open images themselves first
+
+    with pytest.raises(DocumentError, match=rf"^image is 400000000 pixels; the limit is {limit}$"):
+        list(iter_pages(_png_header(20000, 20000)))
     small = InputLimits(max_image_pixels=1000)
     with pytest.raises(ImageError, match=r"^image is 400000000 pixels; the limit is 1000$"):
         load_image(_png_header(20000, 20000), small)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from .config import InputLimits
 from .errors import ImageError, InputError
-from .images import ImageInput, load_image, read_image_bytes
+from .images import ImageInput, bomb_error, load_image, read_image_bytes
 
 DEFAULT_DPI = 200  # PDF points are 1/72 in; 200 dpi is a usual OCR resolution (A4 -> 1654x2339)
 _PDF_MAGIC = b"%PDF-"
@@ -168,6 +168,8 @@ def _image_pages(source, pages, limits: InputLimits) -> Iterator[Page]:
     try:
         img = Image.open(io.BytesIO(data))
         count = getattr(img, "n_frames", 1)
+    except Image.DecompressionBombError as exc:
+        raise DocumentError(str(bomb_error(exc, limits))) from None
     except Exception:  # noqa: BLE001 - Pillow raises many types for non-images
         raise DocumentError("not an image or PDF: the data is in no format vlm can read") from None
     if count <= 1:

@@ -91,7 +91,7 @@ def _check_pixels(width: int, height: int, limits: InputLimits) -> None:
         )
 
 
-def _bomb_error(exc: Image.DecompressionBombError, limits: InputLimits) -> ImageError:
+def bomb_error(exc: Image.DecompressionBombError, limits: InputLimits) -> ImageError:
     """Pillow's guard fired before vlm's check could: say it with vlm's limit (and Pillow's, if that is lower)."""
     found = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow: "Image size (N pixels) exceeds limit of M ..."
     guard = 2 * (Image.MAX_IMAGE_PIXELS or 0)
@@ -159,14 +159,14 @@ def load_image(src: ImageInput, limits: InputLimits = _DEFAULT_LIMITS) -> Image.
         except UnidentifiedImageError:
             raise ImageError("not an image: the data is in no format Pillow can read") from None
         except Image.DecompressionBombError as exc:
-            raise _bomb_error(exc, limits) from None
+            raise bomb_error(exc, limits) from None
         _check_pixels(*img.size, limits)
         in_place = True
     try:
         img.load()
         upright = ImageOps.exif_transpose(img, in_place=in_place)  # None when done in place
     except Image.DecompressionBombError as exc:
-        raise _bomb_error(exc, limits) from None
+        raise bomb_error(exc, limits) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"corrupt or truncated image: {exc}") from None
     return to_rgb(img if upright is None else upright)
