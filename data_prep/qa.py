@@ -8,8 +8,8 @@ the captions support every answer. Types (the ``type`` field of each question):
 - ``animal``: "What animal is in the picture?" -> "dog";  ``sport``: "What sport is being played?" -> "hockey";
 - ``action``: "What is the man doing?" -> "riding a bike";  ``holding``: "What is the girl holding?" -> "ball";
 - ``place``: "Where is the dog?" -> "beach";
-- ``yes/no``: "Is there a cat in the picture?" -> "no": per image one "yes" about something the captions
-  name and one "no" about something they do not (:class:`YesNoSampler`: drawn so that each thing is about
+- ``yes/no``: "Is there a cat in the picture?" -> "no": per image one "yes" about something 2+ captions
+  name and one "no" about something none names (:class:`YesNoSampler`: drawn so that each thing is about
   as often "yes" as "no" over train), never a thing the scene makes likely but the captions may leave out
   (:data:`NEGATIVE_BLOCKERS`: no "Is there a car?" on a street); when a colour is agreed, one pair "Is the
   dog black?" -> "yes" and "Is the dog brown?" -> "no" with a colour no caption says of it.
@@ -24,8 +24,9 @@ Outputs in ``out`` (``{split}`` = ``train``, ``dev``):
   for more questions), the image in the first turn; the question is followed by LLaVA-1.5's short-answer
   instruction (:data:`vlm.eval.vqa.SHORT_ANSWER`) in a ``suffix_share`` of the turns, bare otherwise;
 - ``flickr8k_vqa_{split}.jsonl``: ``{"id", "image", "question", "answer", "type"}`` per question in the
-  format of ``vlm eval vqa`` (image paths relative to ``out``); ordered round by round (each image's first
-  question, then each image's second, ...) so that ``--limit N`` covers many images and every type;
+  format of ``vlm eval vqa`` (image paths relative to ``out``); each image's questions in a seeded order,
+  then round by round (each image's first question, then each image's second, ...), so that ``--limit N``
+  covers many images and every type;
 - ``flickr8k_qa_summary.json``: counts by type and split, yes/no balance, timings.
 """
 from __future__ import annotations
@@ -159,9 +160,8 @@ class YesNoSampler:
 
     def _negatives(self, facts: ImageFacts, all_things=None) -> list[str]:
         things = self.no_weight if all_things is None else all_things
-        here = _present_things(facts)
-        return [k for k in sorted(things) if k not in here and not (NEGATIVE_BLOCKERS.get(k, frozenset()) & facts.lemmas)
-                and not (k == PERSON and PERSON in facts.mentions)]
+        return [k for k in sorted(things)
+                if k not in facts.mentions and not (NEGATIVE_BLOCKERS.get(k, frozenset()) & facts.lemmas)]
 
     def draw(self, facts: ImageFacts, rng: random.Random) -> tuple[str, str] | None:
         """``(yes thing, no thing)`` for one image, or ``None`` when either cannot be drawn."""
@@ -175,7 +175,8 @@ class YesNoSampler:
 
 
 def _present_things(facts: ImageFacts) -> set[str]:
-    return {k for k in facts.mentions if k in YES_NO_THINGS}
+    """Things a "yes" may be about: named by 2+ captions (one caption's "balloon" may be the others' "ball")."""
+    return {k for k in facts.mentions if k in YES_NO_THINGS and facts.support[k] >= 2}
 
 
 def _plural_noun(key: str) -> str:
@@ -212,9 +213,9 @@ def questions(facts: ImageFacts, rng: random.Random, yes_no: YesNoSampler) -> li
         answer, also = facts.colours[kind]
         owner = facts.colour_owner.get(kind) if kind in CLOTHING.values() else None
         thing, plural = _thing(kind, owner)
-        if kind in ANIMAL_PLURALS and facts.counts.get(kind, 1) != 1:
+        if kind in ANIMAL_PLURALS and kind in facts.several:
             if facts.counts.get(kind, 0) < 2:
-                continue  # several, number unknown: which one?
+                continue  # some caption says several and no count is agreed: which one?
             thing, plural = f"the {ANIMAL_PLURALS[kind]}", True
         if owner and subject_plural:
             continue
@@ -343,8 +344,10 @@ def prepare_qa(cfg: QAPrepConfig, progress: bool = False) -> dict:
             qas = questions(f, rng_for(cfg.seed, key, "qa"), yes_no)
             image = image_ref(path, cfg.out, absolute=cfg.absolute_paths)
             records.extend(training_records(key, image, qas, cfg.seed, cfg.turns, cfg.suffix_share))
-            vqa_rows.append([{"id": f"{key}-q{i}", "image": image, "question": qa.question,
-                              "answer": qa.reference(), "type": qa.type} for i, qa in enumerate(qas)])
+            rows_of_image = [{"id": f"{key}-q{i}", "image": image, "question": qa.question,
+                              "answer": qa.reference(), "type": qa.type} for i, qa in enumerate(qas)]
+            rng_for(cfg.seed, key, "qa-order").shuffle(rows_of_image)  # a --limit prefix mixes the types
+            vqa_rows.append(rows_of_image)
             types.update(qa.type for qa in qas)
             answered.update(qa.answer for qa in qas if qa.type == "yes/no")
         name = f"flickr8k_qa_stage2_{split}.json"

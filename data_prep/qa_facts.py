@@ -217,9 +217,9 @@ def _noun_phrase(token, article: bool) -> str:
     if not article or is_plural(token):
         return phrase
     det = next((c.lower_ for c in token.children if c.dep_ == "det"), None)
-    if det in ("a", "an", "the"):
-        return f"{det} {phrase}"
-    return f"{'an' if phrase[:1] in 'aeiou' else 'a'} {phrase}"
+    if det == "the":
+        return f"the {phrase}"
+    return f"{'an' if phrase[:1] in 'aeiou' else 'a'} {phrase}"  # adjectives dropped: "an electric guitar" -> "a guitar"
 
 
 def _subject(doc):
@@ -334,7 +334,7 @@ class ImageFacts:
     """What the captions of one image agree on (each field's rule in :func:`image_facts`)."""
 
     counts: dict[str, int] = field(default_factory=dict)
-    count_plural: dict[str, bool] = field(default_factory=dict)
+    several: set[str] = field(default_factory=set)  # kinds some caption says there are 2+ of (or "several")
     colours: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # kind -> (answer, also accepted)
     colour_owner: dict[str, str] = field(default_factory=dict)
     all_colours: dict[str, set[str]] = field(default_factory=dict)  # kind -> every colour word said of it
@@ -344,7 +344,8 @@ class ImageFacts:
     action: tuple[str, list[str]] | None = None  # (answer, also accepted)
     held: tuple[str, str, list[str]] | None = None  # (verb, answer, also accepted)
     place: tuple[str, list[str]] | None = None
-    mentions: set[str] = field(default_factory=set)
+    mentions: set[str] = field(default_factory=set)  # named by any caption
+    support: Counter = field(default_factory=Counter)  # kind -> how many captions name it
     lemmas: set[str] = field(default_factory=set)
 
 
@@ -383,10 +384,13 @@ def image_facts(captions: list[CaptionFacts]) -> ImageFacts:
     out = ImageFacts()
     for c in captions:
         out.mentions |= c.mentions
+        out.support.update(c.mentions)
         out.lemmas |= c.lemmas
     keys = {k for c in captions for k in c.counts}
     for key in keys:
         values = [c.counts[key] for c in captions if key in c.counts]
+        if any(v == MANY or v > 1 for v in values):
+            out.several.add(key)
         n = _agreed_count(values)
         if n is not None:
             out.counts[key] = n

@@ -13,8 +13,6 @@ import pytest
 
 from data_prep import cli as prep_cli
 
-pytest.importorskip("spacy")
-
 
 def vlm_prep(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="vlm prep")
