@@ -58,3 +58,22 @@ def test_no_cache_keeps_features_in_memory_and_flags_unreadable_images(tiny_vlm,
     assert unreadable(cache, images) == {file_hash(bad)}
     assert cache.get(file_hash(photo)).shape[0] == tiny_vlm.model.config.image_seq_length
     assert not (tmp_path / "c").exists()
+
+
+def test_training_loss_on_answer_positions_equals_the_models_own_loss(tiny_vlm, photo):
+    """FeatureLlava runs the LM head only where the next token is supervised; the loss is the model's."""
+    from train.loop import FeatureLlava
+
+    model, proc = copy.deepcopy(tiny_vlm.model), tiny_vlm.processor
+    conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe it."}]},
+            {"role": "assistant", "content": "A dog runs on the grass."}]
+    text = proc.apply_chat_template(conv)
+    batch = proc(text=[text, text], images=[Image.open(photo).convert("RGB")] * 2, return_tensors="pt")
+    labels = batch["input_ids"].clone()
+    labels[:, :-8] = -100  # the answer's tokens only
+    labels[1, -3:] = -100  # rows supervise different numbers of tokens
+    with torch.no_grad():
+        ours = FeatureLlava(model)(batch["input_ids"], batch["attention_mask"], labels,
+                                   image_features=tower_features(model, batch["pixel_values"]))
+        theirs = model(**batch, labels=labels).loss
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours, theirs)

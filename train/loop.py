@@ -23,7 +23,7 @@ from data_prep.io import load_records
 
 from . import checkpoint
 from .config import TrainConfig
-from .data import Collator, LengthGroupedBatches, TrainingSet
+from .data import IGNORE_INDEX, Collator, LengthGroupedBatches, TrainingSet
 from .durable import os_error_of
 from .feature_cache import FeatureCache, ensure_features, tower_fingerprint, unreadable
 from .recipes import get_recipe
@@ -31,7 +31,12 @@ from .recipes.common import llava_of
 
 
 class FeatureLlava(nn.Module):
-    """Loss of a llava model fed cached tower features: projector -> ``mm_encoder_outputs`` -> LLM."""
+    """Loss of a llava model fed cached tower features: projector -> ``mm_encoder_outputs`` -> LLM.
+
+    The LM head runs only at positions whose next token is supervised (the answers), not at every image and
+    prompt position: the same mean cross-entropy as the model's own ``labels`` loss, without a
+    batch x length x vocabulary logits tensor (stage 1 supervises about 15 of 124 positions).
+    """
 
     def __init__(self, model):
         super().__init__()
@@ -46,8 +51,12 @@ class FeatureLlava(nn.Module):
             projector = self.llava.model.multi_modal_projector
             projected = projector(image_features.to(projector.linear_1.weight.dtype))
             extra["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=list(projected))}
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False, **extra)
-        return out.loss
+        hidden = self.llava.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                                  **extra).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        logits = self.llava.lm_head(hidden[:, :-1][keep]).float()
+        return nn.functional.cross_entropy(logits, targets[keep])
 
 
 def trainable_sha256(model) -> str:
