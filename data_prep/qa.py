@@ -135,18 +135,20 @@ class YesNoSampler:
     "no" over the train split (a blind model then learns nothing from which thing is asked).
 
     The "yes" thing is drawn among the things the captions name, weighted by ``1 / present[k]`` (rare things
-    first). The "no" thing is drawn among the things no caption names and no blocker rules out, weighted
-    by ``yes[k] / eligible[k]``: how often ``k`` is expected to be a "yes" over how many train images could
-    take it as a "no". Both tables are fitted on train images only.
+    first). A thing that fewer train images could take as a "no" than are expected to take it as a "yes"
+    (a person: only images where no one is named) keeps its pair only ``eligible[k] / yes[k]`` of the time.
+    The "no" thing is drawn among the things no caption names and no blocker rules out, weighted by
+    ``yes[k] * keep[k] / eligible[k]``. Every table is fitted on train images only.
     """
 
     present: dict[str, int] = field(default_factory=dict)
     no_weight: dict[str, float] = field(default_factory=dict)
+    keep: dict[str, float] = field(default_factory=dict)  # chance a pair whose "yes" is this thing is asked
 
     @classmethod
     def fit(cls, facts: list[ImageFacts]) -> "YesNoSampler":
         present = Counter(k for f in facts for k in _present_things(f))
-        sampler = cls(dict(present), {})
+        sampler = cls(dict(present), {}, {})
         expected_yes: Counter = Counter()
         eligible: Counter = Counter()
         for f in facts:
@@ -155,7 +157,10 @@ class YesNoSampler:
             for k in things:
                 expected_yes[k] += (1 / present[k]) / total
             eligible.update(sampler._negatives(f, all_things=present))
-        sampler.no_weight = {k: expected_yes[k] / eligible[k] for k in present if eligible[k] and expected_yes[k]}
+        # a thing that can be a "no" on fewer images than it is a "yes" (people) is asked as a "yes" less often
+        sampler.keep = {k: min(1.0, eligible[k] / expected_yes[k]) for k in expected_yes}
+        sampler.no_weight = {k: expected_yes[k] * sampler.keep[k] / eligible[k]
+                             for k in present if eligible[k] and expected_yes[k]}
         return sampler
 
     def _negatives(self, facts: ImageFacts, all_things=None) -> list[str]:
@@ -164,12 +169,15 @@ class YesNoSampler:
                 if k not in facts.mentions and not (NEGATIVE_BLOCKERS.get(k, frozenset()) & facts.lemmas)]
 
     def draw(self, facts: ImageFacts, rng: random.Random) -> tuple[str, str] | None:
-        """``(yes thing, no thing)`` for one image, or ``None`` when either cannot be drawn."""
+        """``(yes thing, no thing)`` for one image, or ``None`` when either cannot be drawn (or the pair is
+        skipped to keep its "yes" thing balanced)."""
         here = sorted(k for k in _present_things(facts) if k in self.present)
         negatives = self._negatives(facts)
         if not here or not negatives:
             return None
         yes = rng.choices(here, weights=[1 / self.present[k] for k in here])[0]
+        if rng.random() >= self.keep.get(yes, 1.0):
+            return None
         no = rng.choices(negatives, weights=[self.no_weight[k] for k in negatives])[0]
         return yes, no
 
@@ -375,7 +383,8 @@ def prepare_qa(cfg: QAPrepConfig, progress: bool = False) -> dict:
         "images": {split: len(rows[split]) for split in SPLITS},
         "questions_by_type": by_type,
         "yes_no_answers": answers,
-        "yes_no_weights": {"present": yes_no.present, "no": {k: round(v, 4) for k, v in yes_no.no_weight.items()}},
+        "yes_no_weights": {"present": yes_no.present, "keep": {k: round(v, 4) for k, v in yes_no.keep.items()},
+                           "no": {k: round(v, 4) for k, v in yes_no.no_weight.items()}},
         "files": files,
         **acc.summary(),
         "parse_seconds": round(parse_seconds, 2),

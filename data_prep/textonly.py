@@ -13,7 +13,7 @@ Outputs in ``out``:
 - ``textonly_stage2.json``: LLaVA records without an image (``{"id", "conversations"}``). An answer cut
   by the token limit is trimmed to its last full sentence (or line), and dropped if nothing is left.
 - ``textonly_dev.jsonl``: the held-out text-only dev set (:data:`~data_prep.textonly_prompts.DEV_QUESTIONS`
-  and arithmetic), ``{"id", "question", "answer", "type"}`` with reference answers, no image: score it with
+  and arithmetic), ``{"id", "image": null, "question", "answer", "type"}`` with reference answers: score it with
   ``vlm eval vqa --data textonly_dev.jsonl --systems model,llm`` (the fine-tuned model vs the base LLM).
 - ``textonly_summary.json``: counts and generation time.
 """

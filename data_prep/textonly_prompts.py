@@ -182,8 +182,10 @@ def train_prompts(seed: int = 0) -> list[str]:
 
 
 def dev_questions(seed: int = 0) -> list[dict]:
-    """The text-only dev set: ``{"id", "question", "answer", "type"}`` rows (no image)."""
-    rows = [{"id": f"text-{i}", "question": q, "answer": a, "type": t} for i, (t, q, a) in enumerate(DEV_QUESTIONS)]
+    """The text-only dev set: ``{"id", "image": null, "question", "answer", "type"}`` rows (the VQA format
+    without an image)."""
+    rows = [{"id": f"text-{i}", "image": None, "question": q, "answer": a, "type": t}
+            for i, (t, q, a) in enumerate(DEV_QUESTIONS)]
     for j, (q, a) in enumerate(arithmetic(seed + 1, 16, 2, 9)):
-        rows.append({"id": f"text-arith-{j}", "question": q, "answer": a, "type": "arithmetic"})
+        rows.append({"id": f"text-arith-{j}", "image": None, "question": q, "answer": a, "type": "arithmetic"})
     return rows

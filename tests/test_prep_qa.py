@@ -213,6 +213,12 @@ def test_textonly_with_a_tiny_llm_caches_answers(tmp_path, tiny_llm_dir):
     assert all("image" not in r for r in records)
     dev = [json.loads(l) for l in (tmp_path / "textonly_dev.jsonl").read_text().splitlines()]
     assert len(dev) == len(DEV_QUESTIONS) + 16 and not {d["question"] for d in dev} & set(train_prompts())
+    from vlm.eval.records import load_records as load_eval_records
+
+    rows = load_eval_records(tmp_path / "textonly_dev.jsonl", ("image", "question", "answer"))  # vlm eval vqa's reader
+    assert all(r.image is None for r in rows)
+    replies = llm.predictor("Answer the question using a single word or phrase.")(rows[:2])
+    assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
 
 
 def test_textonly_real_weights_two_prompts(tmp_path, real_vlm):
