@@ -114,6 +114,84 @@ def test_processor_masks_to_allowed_tokens(tiny_vlm):
     assert proc.full_scans == 1  # uniform scores: top-k held nothing useful, the trie walk found them
 
 
+# -- structured answers (typed, ungrounded: OpenAI's response_format) -----------------------------------
+TYPED = {"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 8}, "count": {"type": "integer"}, "price": {"type": ["number", "null"]},
+    "ok": {"type": "boolean"}, "colour": {"enum": ["red", "blue"]}, "note": {"type": "string", "maxLength": 5}},
+    "required": ["name", "count", "price", "ok", "colour"], "additionalProperties": False}
+
+
+def test_typed_machine_writes_only_json_that_fits_the_schema():
+    from jsonschema import validate
+
+    from vlm.extract.structured import answer_machine, parse_answer
+
+    machine = answer_machine(TYPED)
+    alphabet = sorted(set('{}":, nul-.0123456789truefalsredbluxyz\\') | set("namecoutpriklsf"))
+    rng = random.Random(0)
+    done = 0
+    for _ in range(200):
+        text = random_walk(machine, alphabet, rng, steps=600)
+        state = machine.feed(machine.start(), text)
+        if machine.is_done(state):
+            done += 1
+            obj = parse_answer(text, TYPED)
+            validate(obj, TYPED)
+            assert list(obj) == list(TYPED["properties"])
+            assert machine.values(state) == obj
+            assert obj["name"] is not None and isinstance(obj["count"], int) and isinstance(obj["ok"], bool)
+    assert done >= 100
+    for bad in ('{"name": null', '{"name": "a", "count": 1.5', '{"name": "a", "count": 01',
+                '{"name": "a", "count": 1, "price": 1.', '{"name": "a", "count": 1, "price": 1e5',
+                '{"name": "a", "count": 1, "price": null, "ok": "true"', '{"name": "123456789"'):
+        assert machine.feed(machine.start(), bad + "}") is None, bad
+    free = answer_machine(None)  # json_object: any flat object of strings, numbers, booleans and nulls
+    text = '{"a": 1, "b": -2.5, "c": true, "d": null, "e": "x"}'
+    assert free.is_done(free.feed(free.start(), text)) and free.values(free.feed(free.start(), text))["b"] == -2.5
+
+
+@pytest.mark.parametrize("prop, words", [
+    ({"type": "string", "pattern": "^a"}, "'pattern'"), ({"type": "string", "format": "date"}, "'format'"),
+    ({"type": "integer", "minimum": 3}, "'minimum'"), ({"type": "string", "minLength": 2}, "'minLength'"),
+    ({"type": "array", "items": {"type": "string"}}, "array"), ({"type": "object"}, "object"),
+])
+def test_answer_machine_refuses_what_it_cannot_enforce(prop, words):
+    from vlm.extract.structured import answer_machine
+
+    with pytest.raises(SchemaError, match=words):
+        answer_machine({"type": "object", "properties": {"x": prop}})
+    with pytest.raises(SchemaError, match="'y'"):
+        answer_machine({"type": "object", "properties": {"x": {"type": "string"}}, "required": ["y"]})
+    with pytest.raises(SchemaError, match="minProperties"):
+        answer_machine({"type": "object", "properties": {"x": {"type": "string"}}, "minProperties": 1})
+
+
+def test_random_model_answers_fit_the_schema(tiny_vlm):
+    """Any model, greedy or sampled, writes JSON that satisfies the schema when it stops by itself."""
+    import torch
+    from transformers import LogitsProcessorList
+
+    from vlm import generation
+    from vlm.config import GenerationOptions
+    from vlm.extract.structured import answer_machine, answer_processor, parse_answer
+    from vlm.messages import normalise
+
+    normed, images = normalise([{"role": "user", "content": "Describe an item as JSON."}], tiny_vlm.limits)
+    for i, opts in enumerate([GenerationOptions(max_new_tokens=80), GenerationOptions(max_new_tokens=80,
+                                                                                      temperature=1.0, seed=3)]):
+        batch = generation.encode(tiny_vlm.model, tiny_vlm.processor, [normed], [images], opts)
+        width = batch["input_ids"].shape[1]
+        proc = answer_processor(tiny_vlm.model, tiny_vlm.processor.tokenizer, answer_machine(TYPED), width)
+        kwargs = generation.generate_kwargs(tiny_vlm.model, tiny_vlm.processor, opts, width)
+        kwargs.update(logits_processor=LogitsProcessorList([proc]), eos_token_id=proc.eos_ids)
+        with torch.inference_mode(), generation._seeded(opts.seed):
+            out = tiny_vlm.model.generate(**batch, **kwargs)
+        new = out[0, width:].tolist()
+        text = tiny_vlm.processor.tokenizer.decode(new, skip_special_tokens=True)
+        assert new[-1] in proc.eos_ids, (i, text)  # it closed the object by itself within 80 tokens
+        parse_answer(text, TYPED)
+
+
 # -- prompts -----------------------------------------------------------------------------------------
 def test_prompt_format_and_templates():
     p = fields_prompt(FIELDS, "ACME\nTOTAL\t9.00")

@@ -202,7 +202,7 @@ class JsonObjectMachine:
             if len(text) < MAX_NUMBER_LENGTH or (done and len(text) == MAX_NUMBER_LENGTH):
                 return ("num", text, ctx)
         if buf and complete.fullmatch(buf):
-            value = int(buf) if kind == "integer" else float(buf)
+            value = float(buf) if "." in buf else int(buf)  # as json.loads reads it
             return self.step(self._after_value(ctx, value), ch)
         return None
 

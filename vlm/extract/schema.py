@@ -49,8 +49,8 @@ class FieldSpec:
     description: str | None = None
     pattern: str | None = None  # values are OCR substrings matching it (see ``patterns``)
     upper: bool = False  # string values are returned upper-cased (a template's convention, e.g. SROIE keys)
-    # The JSON Schema allows null here (not required, or null among its types). Extraction ignores it (every
-    # field is nullable there); ``structured`` answers forbid null where this is False.
+    # The JSON Schema allows null here (null among its types, an X-or-null union, null in its enum). Extraction
+    # ignores it (every field is nullable there); ``structured`` answers forbid null where this is False.
     nullable: bool = True
 
     @property
@@ -112,11 +112,11 @@ def _resolve(prop: dict, root: dict) -> dict:
     return prop
 
 
-def _field_from_property(name: str, prop: Any, root: dict, required: bool = False) -> FieldSpec:
+def _field_from_property(name: str, prop: Any, root: dict) -> FieldSpec:
     if not isinstance(prop, dict):
         raise SchemaError(f"property {name!r} must be a JSON Schema object, got {prop!r}")
     prop = _resolve(prop, root)
-    allows_null = not required
+    allows_null = False
     for key in ("anyOf", "oneOf"):
         if key in prop:  # Optional[X] from pydantic: anyOf [X, null]
             options = [_resolve(p, root) for p in prop[key] if isinstance(p, dict)]
@@ -182,9 +182,7 @@ def from_json_schema(schema: Any) -> DocSchema:
     props = schema.get("properties")
     if not isinstance(props, dict) or not props:
         raise SchemaError("the schema has no properties: name at least one field to extract")
-    required = schema.get("required") or []
-    fields = [_field_from_property(n, p, schema, n in required) for n, p in props.items()]
-    return DocSchema(fields, json_schema=schema)
+    return DocSchema([_field_from_property(n, p, schema) for n, p in props.items()], json_schema=schema)
 
 
 def from_pydantic(model) -> DocSchema:

@@ -2,15 +2,15 @@
 typed values that need not come from OCR text; and the check that an answer satisfies its schema.
 
 This is OpenAI's ``response_format`` (``json_object`` / ``json_schema``) and Ollama's ``format`` on the decoder
-extraction uses (``constrained``): the answer is the canonical ``json.dumps(obj, ensure_ascii=False)`` text of
-a flat object, so it parses and, when decoding ends by itself (not by running out of tokens), satisfies the
-schema.
+extraction uses (``constrained``): the answer is a flat JSON object spaced as ``json.dumps`` writes it
+(``{"k": v, "k2": v2}``), so it parses and, when decoding ends by itself (not by running out of tokens),
+satisfies the schema.
 
 - No schema (``json_object``): any flat object; values are strings, numbers, booleans or null.
 - A JSON Schema: what :func:`schema.from_json_schema` reads (a flat object of string / number / integer /
-  boolean properties, string enums, ``X or null``), with the keys in the schema's order. ``required``
-  properties are never null; the others may be. Only keywords the decoder enforces (or that only annotate)
-  are accepted: any other (``pattern``, ``format``, ``minimum``, ``minLength``, ``items``...) is refused with a
+  boolean properties, string enums, ``X or null``), with every key written (required or not) in the schema's
+  order; a value is null only where the schema allows null. Only keywords the decoder enforces (or that only
+  annotate) are accepted: any other (``pattern``, ``format``, ``minimum``, ``minLength``, ``items``...) is refused with a
   :class:`SchemaError` naming it, never silently ignored. Strings are at most ``maxLength`` (default
   ``schema.DEFAULT_MAX_LENGTH``) characters; numbers are plain decimals (no exponent).
 """
