@@ -151,8 +151,8 @@ class Stats:
     rejected: int = 0
     cancelled: int = 0
     timed_out: int = 0
-    failed: int = 0  # server-side failures (500s)
-    client_errors: int = 0  # jobs that ended in a client error found only while running
+    failed: int = 0  # server-side failures (500s), in jobs or while preparing them
+    errored: int = 0  # jobs that ended in an error (a server failure, or a client error found only while running)
     running: int = 0
     queued: int = 0
     peak_running: int = 0
@@ -400,8 +400,8 @@ class Engine:
             s.consecutive_failures = 0
             if job.started is not None:
                 self._durations.append(time.monotonic() - job.started)
-        elif not isinstance(error, Internal):
-            s.client_errors += 1
+        else:
+            s.errored += 1
 
     # -- status and shutdown ---------------------------------------------------------------------
     def snapshot(self) -> dict:
@@ -411,7 +411,7 @@ class Engine:
                 "running": s.running, "queued": s.queued, "peak_running": s.peak_running,
                 "submitted": s.submitted, "completed": s.completed, "rejected": s.rejected,
                 "cancelled": s.cancelled, "timed_out": s.timed_out, "failed": s.failed,
-                "client_errors": s.client_errors, "consecutive_failures": s.consecutive_failures,
+                "errored": s.errored, "consecutive_failures": s.consecutive_failures,
                 "last_failure": s.last_failure,
                 "mean_job_s": round(sum(self._durations) / len(self._durations), 3) if self._durations else None,
                 "concurrency": self.config.concurrency, "queue_size": self.config.queue_size,

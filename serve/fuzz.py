@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from .launch import LocalServer
+from .launch import LocalServer, resolve_model
 
 KEY = "sk-fuzz"
 
@@ -50,9 +50,9 @@ def run_schemathesis(url: str, report_dir: Path, *, examples: int, seed: int, wo
 def fuzz(model: str, *, examples: int, seed: int, workers: int = 1, max_time: int | None = None,
          phases: str = "examples,coverage,fuzzing,stateful", out_dir: Path | None = None) -> dict:
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="vlm-fuzz-"))
-    server = LocalServer(model, "--api-key", KEY, "--concurrency", str(max(1, workers)), "--queue-size", "16",
-                         "--max-tokens-cap", "8", "--request-timeout", "30", "--max-images", "2",
-                         log_path=out_dir / "server.log")
+    server = LocalServer(resolve_model(model, out_dir), "--api-key", KEY, "--concurrency", str(max(1, workers)),
+                         "--queue-size", "16", "--max-tokens-cap", "8", "--request-timeout", "30",
+                         "--max-images", "2", log_path=out_dir / "server.log")
     try:
         t0 = time.monotonic()
         report = run_schemathesis(server.url, out_dir / "schemathesis", examples=examples, seed=seed,
@@ -86,7 +86,7 @@ def fuzz(model: str, *, examples: int, seed: int, workers: int = 1, max_time: in
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m serve.fuzz", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="vlm-tiny")
+    p.add_argument("--model", default="vlm-tiny", help="a model name or folder, or 'tiny' (a tiny random model)")
     p.add_argument("--examples", type=int, default=1000, help="generated cases per operation (fuzzing phase)")
     p.add_argument("--seed", type=int, default=20261202)
     p.add_argument("--workers", type=int, default=1)

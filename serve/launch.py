@@ -24,6 +24,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def resolve_model(model: str, out_dir: Path) -> str:
+    """``"tiny"``: a tiny random model (``bench.cli.tiny_vlm``: 2-layer Llama with SmolLM2's tokenizer, tiny
+    CLIP tower) saved under ``out_dir``, for runs that exercise the server rather than the model; any other
+    name or path is passed to ``vlm serve --model`` as it is."""
+    if model != "tiny":
+        return model
+    from bench.cli import tiny_vlm
+
+    return str(tiny_vlm().save(Path(out_dir) / "tiny-vlm"))
+
+
 def vlm_command() -> list[str]:
     exe = shutil.which("vlm")
     return [exe] if exe else [sys.executable, "-m", "vlm.cli"]

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import httpx
 
-from .launch import LocalServer
+from .launch import LocalServer, resolve_model
 
 KINDS = {  # kind: weight
     "chat": 14, "image": 14, "stream": 12, "json": 8, "disconnect_stream": 8, "disconnect_wait": 6,
@@ -52,15 +52,19 @@ class SoakConfig:
     queue_size: int = 4
     max_tokens: int = 24
     timeout_s: float = 120.0  # a request without an answer by then is hung
-    warmup: int = 20  # requests before the RSS baseline is taken (the first len(KINDS) are one of each kind)
+    warmup: int = 50  # requests before the RSS baseline is taken (the first len(KINDS) are one of each kind)
     seed: int = 0
     images: str | None = None  # a folder of photos (default: the Flickr8k dev photos beside the repo, if any)
     max_rss_growth: float = 0.05
+    bad_images: tuple[str, ...] = ("random", "truncated", "png-chunks")  # corrupt images sent, by turns
     server_args: list[str] = field(default_factory=lambda: ["--no-moderation"])
 
     def __post_init__(self) -> None:
         if self.requests < 1 or self.concurrency < 1:
             raise ValueError("requests and concurrency must be at least 1")
+        unknown = set(self.bad_images) - {"random", "truncated", "png-chunks"}
+        if unknown or not self.bad_images:
+            raise ValueError(f"bad_images must be some of random, truncated, png-chunks; got {self.bad_images}")
         if not 0 <= self.warmup < self.requests:
             raise ValueError(f"warmup must be in [0, requests), got {self.warmup}")
 
@@ -208,9 +212,19 @@ class Soak:
         return resp.status_code, "ok" if ok else "unexpected", "" if ok else resp.text[:200]
 
     def _bad_image(self, kind, i):
+        """A corrupt image, by turns: random bytes, a real JPEG cut short, a PNG signature with garbage chunks."""
         body = self.body("image", i)
-        body["messages"][0]["content"][0]["image_url"]["url"] = "data:image/png;base64," + base64.b64encode(
-            b"\x89PNG\r\n\x1a\n" + bytes(random.Random(i).randrange(256) for _ in range(64))).decode()
+        part = body["messages"][0]["content"][0]["image_url"]
+        corruption = self.cfg.bad_images[i % len(self.cfg.bad_images)]
+        rng = random.Random(i)
+        if corruption == "random":
+            data = bytes(rng.randrange(256) for _ in range(200))
+        elif corruption == "truncated":
+            data = base64.b64decode(part["url"].partition(",")[2])
+            data = data[:len(data) // 3]
+        else:  # "png-chunks"
+            data = b"\x89PNG\r\n\x1a\n" + bytes(rng.randrange(256) for _ in range(64))
+        part["url"] = "data:image/png;base64," + base64.b64encode(data).decode()
         return self._expect(self._post(body), 400)
 
     def _bad_json(self, kind, i):
@@ -240,6 +254,8 @@ class Soak:
         outcomes: list[Outcome] = []
         lock = threading.Lock()
 
+        marks = {max(1, round(self.cfg.requests * k / 10)) for k in range(1, 11)}
+
         def worker(items):
             for kind, i in items:
                 out = self.run_one(kind, i)
@@ -247,6 +263,8 @@ class Soak:
                     outcomes.append(out)
                     if rss is not None and len(outcomes) == self.cfg.warmup:
                         rss.mark_baseline()
+                    if rss is not None and len(outcomes) in marks:
+                        rss.mark_progress(len(outcomes))
 
         it = iter(plan)
         shared = _Locked(it)
@@ -283,6 +301,7 @@ class RssSampler:
         self.proc = psutil.Process(pid)
         self.interval = interval
         self.samples: list[tuple[float, int]] = []
+        self.progress: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -298,6 +317,10 @@ class RssSampler:
     def mark_baseline(self):
         self.baseline_at = time.monotonic()
 
+    def mark_progress(self, done: int):
+        """RSS when ``done`` requests have finished (the curve tells a warm-up plateau from a leak)."""
+        self.progress[done] = round(self.proc.memory_info().rss / 2 ** 20, 1)
+
     def stop(self) -> dict:
         self._stop.set()
         self._thread.join()
@@ -309,7 +332,8 @@ class RssSampler:
         mib = 1024 * 1024
         return {"start_mib": round(rss[0] / mib, 1), "baseline_mib": round(baseline / mib, 1),
                 "peak_mib": round(peak_after / mib, 1), "end_mib": round(rss[-1] / mib, 1),
-                "peak_growth": round((peak_after - baseline) / baseline, 4), "samples": len(rss)}
+                "peak_growth": round((peak_after - baseline) / baseline, 4), "samples": len(rss),
+                "mib_after_requests": dict(sorted(self.progress.items()))}
 
 
 def _percentiles(values: list[float]) -> dict:
@@ -330,14 +354,14 @@ def summarise(cfg: SoakConfig, outcomes: list[Outcome], rss: dict | None, health
         by_kind[o.kind][o.result] += 1
     answered = [o.seconds for o in outcomes if o.kind in GENERATING and o.result == "ok"]
     problems = [asdict(o) for o in outcomes if o.result in ("unexpected", "lost", "hung")]
+    # every admitted job ended exactly one way
     balance = health["submitted"] - (health["completed"] + health["cancelled"] + health["timed_out"]
-                                     + health["failed"] + health["client_errors"] + health["running"]
-                                     + health["queued"])
+                                     + health["errored"] + health["running"] + health["queued"])
     report = {
         "config": asdict(cfg), "requests": len(outcomes), "wall_s": round(wall_s, 1), "results": by_result,
         "by_kind": by_kind, "latency_s": _percentiles(answered), "answered_generations": len(answered),
         "rss": rss, "server": {k: health[k] for k in ("status", "submitted", "completed", "cancelled",
-                                                       "timed_out", "failed", "client_errors", "rejected",
+                                                       "timed_out", "failed", "errored", "rejected",
                                                        "running", "queued", "peak_running", "mean_job_s")},
         "server_counters_balance": balance, "problems": problems[:20],
     }
@@ -350,8 +374,9 @@ def summarise(cfg: SoakConfig, outcomes: list[Outcome], rss: dict | None, health
 def run_soak(cfg: SoakConfig, log_dir: Path | None = None) -> dict:
     """Start a server, soak it, stop it; returns the report (see the module docstring)."""
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="vlm-soak-"))
-    server = LocalServer(cfg.model, "--concurrency", str(cfg.concurrency), "--queue-size", str(cfg.queue_size),
-                         "--request-timeout", str(cfg.timeout_s), *cfg.server_args,
+    server = LocalServer(resolve_model(cfg.model, log_dir), "--concurrency", str(cfg.concurrency),
+                         "--queue-size", str(cfg.queue_size), "--request-timeout", str(cfg.timeout_s),
+                         *cfg.server_args,
                          log_path=log_dir / "server.log")
     try:
         health = server.health()
@@ -374,12 +399,12 @@ def run_soak(cfg: SoakConfig, log_dir: Path | None = None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m serve.soak", description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=500)
-    p.add_argument("--model", default="vlm-tiny")
+    p.add_argument("--model", default="vlm-tiny", help="a model name or folder, or 'tiny' (a tiny random model)")
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--queue-size", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=24)
     p.add_argument("--timeout", type=float, default=120.0)
-    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=50, help="requests before the RSS baseline (default 50)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", default=None)
     p.add_argument("--out", default=None, help="write the JSON report here")
