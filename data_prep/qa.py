@@ -3,7 +3,8 @@
 Questions come only from what an image's captions agree on (:func:`data_prep.qa_facts.image_facts`), so
 the captions support every answer. Types (the ``type`` field of each question):
 
-- ``count``: "How many dogs are there?" -> "three" (people together, each person noun, each animal);
+- ``count``: "How many dogs are there?" -> "three" (people together or a person noun, each animal; only
+  :data:`KEEP_COUNT_ONE` of the questions whose answer is "one");
 - ``colour``: "What colour is the dog?" / "What color is the man's shirt?" -> "black and white";
 - ``animal``: "What animal is in the picture?" -> "dog";  ``sport``: "What sport is being played?" -> "hockey";
 - ``action``: "What is the man doing?" -> "riding a bike";  ``holding``: "What is the girl holding?" -> "ball";
@@ -92,6 +93,10 @@ THERE_Q = ("Is there {thing} in the picture?", "Is there {thing} in the image?",
            "Can you see {thing}?", "Does the picture show {thing}?")
 IS_COLOUR_Q = ("Is {thing} {colour}?",)
 ARE_COLOUR_Q = ("Are {thing} {colour}?",)
+
+# Most Flickr8k photos show one person or one dog: "one" would answer 79% of the count questions. Only this
+# share of them is kept, so that "one" answers about half and counting has to look.
+KEEP_COUNT_ONE = 0.3
 
 TYPES = ("count", "colour", "animal", "sport", "action", "holding", "place", "yes/no")
 
@@ -212,6 +217,8 @@ def questions(facts: ImageFacts, rng: random.Random, yes_no: YesNoSampler) -> li
     count_keys += sorted(k for k in facts.counts if k in ANIMAL_PLURALS)
     for key in count_keys:
         n = facts.counts[key]
+        if n == 1 and rng.random() >= KEEP_COUNT_ONE:
+            continue
         if n in NUMBER_NAMES:
             out.append(QA("count", pick(COUNT_Q).format(noun=_plural_noun(key)), NUMBER_NAMES[n], (str(n),)))
     # colours
