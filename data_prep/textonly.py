@@ -11,7 +11,8 @@ Outputs in ``out``:
   "answer", "finished"}`` per prompt. A re-run generates only prompts missing from it (``key`` hashes the
   model name, the token limit and the prompt).
 - ``textonly_stage2.json``: LLaVA records without an image (``{"id", "conversations"}``). An answer cut
-  by the token limit is trimmed to its last full sentence (or line), and dropped if nothing is left.
+  by the token limit is trimmed to its last full sentence (or line), and dropped if nothing is left; an
+  answer caught in a greedy loop (:func:`is_loop`) is dropped.
 - ``textonly_dev.jsonl``: the held-out text-only dev set (:data:`~data_prep.textonly_prompts.DEV_QUESTIONS`
   and arithmetic), ``{"id", "image": null, "question", "answer", "type"}`` with reference answers: score it with
   ``vlm eval vqa --data textonly_dev.jsonl --systems model,llm`` (the fine-tuned model vs the base LLM).
@@ -23,6 +24,7 @@ import hashlib
 import json
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +68,14 @@ def trim_unfinished(text: str, min_chars: int = 20) -> str | None:
         return None
     kept = text[:ends[-1]].rstrip()
     return kept if len(kept) >= min_chars else None
+
+
+def is_loop(text: str, n: int = 4, times: int = 4) -> bool:
+    """True when some ``n``-word sequence occurs ``times`` or more: a greedy decoding loop ("Boil an egg:
+    Boil an egg: ..."), not an answer to learn."""
+    words = re.findall(r"\w+", text.lower())
+    grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    return bool(grams) and max(grams.values()) >= times
 
 
 def read_cache(path: Path) -> dict[str, dict]:
@@ -121,7 +131,7 @@ def prepare_textonly(cfg: TextOnlyConfig, progress: bool = False, llm=None) -> d
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 fh.flush()
         gen_seconds = time.perf_counter() - t
-    records, trimmed, dropped = [], 0, 0
+    records, trimmed, dropped, loops = [], 0, 0, 0
     for i, (key, prompt) in enumerate(zip(keys, prompts)):
         row = cache[key]
         answer = row["answer"].strip()
@@ -130,6 +140,9 @@ def prepare_textonly(cfg: TextOnlyConfig, progress: bool = False, llm=None) -> d
             trimmed += answer is not None
         if not answer:
             dropped += 1
+            continue
+        if is_loop(answer):
+            loops += 1
             continue
         rec = record(i, prompt, answer)
         if check_record(rec, cfg.out) is None:
@@ -151,6 +164,7 @@ def prepare_textonly(cfg: TextOnlyConfig, progress: bool = False, llm=None) -> d
         "records": n,
         "trimmed_unfinished": trimmed,
         "dropped": dropped,
+        "dropped_loops": loops,
         "dev_questions": len(dev),
         "files": {"stage2": str(cfg.out / "textonly_stage2.json"), "dev": str(cfg.out / "textonly_dev.jsonl"),
                   "cache": str(cache_path)},

@@ -194,6 +194,13 @@ def test_trim_unfinished():
     assert trim_unfinished("Short. rest") is None
 
 
+def test_is_loop():
+    from data_prep.textonly import is_loop
+
+    assert is_loop("Boil an egg:\n\nBoil an egg:\n\nBoil an egg:\n\nBoil an egg:\n\nBoil an egg:")
+    assert not is_loop("To make tea, boil water, pour it on the leaves, wait three minutes and pour the tea.")
+
+
 def test_textonly_with_a_tiny_llm_caches_answers(tmp_path, tiny_llm_dir):
     from data_prep.io import load_records
     from data_prep.textonly import TextOnlyConfig, prepare_textonly
@@ -209,7 +216,7 @@ def test_textonly_with_a_tiny_llm_caches_answers(tmp_path, tiny_llm_dir):
     again = prepare_textonly(cfg, llm=llm)
     assert again["generated"] == 0 and again["cached"] == 3
     records = load_records(tmp_path / "textonly_stage2.json")
-    assert len(records) == again["records"] == 3 - again["dropped"]
+    assert len(records) == again["records"] == 3 - again["dropped"] - again["dropped_loops"]
     assert all("image" not in r for r in records)
     dev = [json.loads(l) for l in (tmp_path / "textonly_dev.jsonl").read_text().splitlines()]
     assert len(dev) == len(DEV_QUESTIONS) + 16 and not {d["question"] for d in dev} & set(train_prompts())
