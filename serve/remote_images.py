@@ -74,12 +74,21 @@ class _PinnedHTTP(http.client.HTTPConnection):
         self.sock = socket.create_connection((self._ip, self.port), self.timeout)
 
 
+def _split(url: str):
+    """``urlsplit`` and the port, or a :class:`BadRequest` for a URL that is not one (a bad IPv6 host, port...)."""
+    try:
+        parts = urlsplit(url)
+        return parts, parts.port
+    except ValueError as exc:
+        raise BadRequest(f"image URL is not a valid URL ({exc}): {url[:80]!r}", param="messages") from None
+
+
 def _get_once(url: str, policy: RemoteImagePolicy, deadline: float):
     """One GET with no redirect following. Returns ``(status, location, body)``."""
-    parts = urlsplit(url)
+    parts, port = _split(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BadRequest(f"image URL must be http(s) with a host, got {url[:80]!r}", param="messages")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    port = port or (443 if parts.scheme == "https" else 80)
     ip = resolve_public(parts.hostname, port, policy)[0]
     remaining = deadline - time.monotonic()
     if remaining <= 0:
@@ -113,7 +122,7 @@ def _get_once(url: str, policy: RemoteImagePolicy, deadline: float):
         return 200, None, b"".join(chunks)
     except (socket.timeout, TimeoutError):
         raise BadRequest(f"fetching the image URL took over {policy.timeout_s:g}s", param="messages") from None
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, http.client.HTTPException, UnicodeError) as exc:  # UnicodeError: a path http cannot send
         raise BadRequest(f"could not fetch the image URL: {exc}", param="messages") from None
     finally:
         conn.close()
@@ -128,7 +137,10 @@ def fetch(url: str, policy: RemoteImagePolicy) -> bytes:
             return body
         if not location:
             raise BadRequest(f"image URL redirect ({status}) has no Location", param="messages")
-        url = urljoin(url, location)
+        try:
+            url = urljoin(url, location)
+        except ValueError as exc:
+            raise BadRequest(f"image URL redirect has an invalid Location ({exc})", param="messages") from None
     raise BadRequest(f"image URL redirected more than {policy.max_redirects} times", param="messages")
 
 
@@ -136,7 +148,7 @@ def image_bytes(url: object, policy: RemoteImagePolicy, limits: InputLimits) -> 
     """Bytes for one ``image_url.url`` from an API request (never a local path)."""
     if not isinstance(url, str) or not url:
         raise BadRequest("image_url.url must be a non-empty string", param="messages")
-    scheme = urlsplit(url).scheme.lower() if ":" in url else ""
+    scheme = _split(url)[0].scheme.lower() if ":" in url else ""
     if scheme == "data":
         data = read_image_bytes(url, limits) if _fits(url, limits) else None
         if data is None:

@@ -209,6 +209,21 @@ def test_retry_after_is_the_drain_estimate_and_cancelled_waiters_free_their_slot
         eng.close()
 
 
+@pytest.mark.parametrize("remote", [False, True])
+def test_malformed_image_urls_are_client_errors(tiny_vlm, remote):
+    """Found by the long fuzz run: urlsplit raises ValueError on a bad IPv6 host or port (it was a 500)."""
+    from serve.config import RemoteImagePolicy
+
+    urls = ["http://\u00fc\u00d0]\u00f8[x/a.png", "http://[zz]/a.png", "http://host:99999/a.png", "http://[::1/x",
+            "data:image/png;base64,", "https://"]
+    with app_client(tiny_vlm, remote_images=RemoteImagePolicy(enabled=remote, timeout_s=2)) as (client, engine):
+        for url in urls:
+            resp = client.post("/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "hi"}]}], "max_tokens": 2})
+            assert error_of(resp, 400)["param"] == "messages", url
+        assert engine.snapshot()["failed"] == 0
+
+
 @pytest.mark.xfail(strict=True, reason="vlm.images.load_image lets Pillow's OSError from Image.open (a PNG whose "
                                       "chunks are garbage: 'Truncated File Read') escape instead of an ImageError")
 def test_corrupt_png_chunks_are_a_client_error(tiny_vlm):
