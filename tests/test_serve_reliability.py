@@ -224,8 +224,6 @@ def test_malformed_image_urls_are_client_errors(tiny_vlm, remote):
         assert engine.snapshot()["failed"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="vlm.images.load_image lets Pillow's OSError from Image.open (a PNG whose "
-                                      "chunks are garbage: 'Truncated File Read') escape instead of an ImageError")
 def test_corrupt_png_chunks_are_a_client_error(tiny_vlm):
     import base64
     import random

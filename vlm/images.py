@@ -160,6 +160,8 @@ def load_image(src: ImageInput, limits: InputLimits = _DEFAULT_LIMITS) -> Image.
             raise ImageError("not an image: the data is in no format Pillow can read") from None
         except Image.DecompressionBombError as exc:
             raise bomb_error(exc, limits) from None
+        except (OSError, SyntaxError, ValueError) as exc:  # a known format whose header is garbage
+            raise ImageError(f"corrupt image: {exc}") from None
         _check_pixels(*img.size, limits)
         in_place = True
     try:
