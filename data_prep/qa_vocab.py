@@ -81,8 +81,6 @@ OBJECTS: dict[str, str] = {
     "bike": "bike",  # annotators call bicycles and motorcycles (dirt bikes) alike: its own kind "tennis racket": "racket",
     "ski": "skis", "skis": "skis",
 }
-# Kinds a "What is the X holding?" answer may be (clothing and animals can be held too).
-HELD_KINDS = frozenset(OBJECTS.values()) | frozenset(ANIMALS.values()) | frozenset(CLOTHING.values())
 
 # --- colours ------------------------------------------------------------------------------------------
 # word -> the colour an answer uses (British and American spellings of grey are one colour).
@@ -100,8 +98,6 @@ NUMBER_WORDS: dict[str, int] = {
     "1": 1, "2": 2, "3": 3, "4": 4, "5": 5, "6": 6, "7": 7, "8": 8, "9": 9, "10": 10,
 }
 NUMBER_NAMES = {v: k for k, v in NUMBER_WORDS.items() if k.isalpha()}
-# Words before a singular noun that say "one of them": "a dog", "the dog", "one dog".
-SINGULAR_DETERMINERS = frozenset("a an the one this that".split())
 # Words that make a count vague: "another dog", "several dogs", "many", ...
 VAGUE_DETERMINERS = frozenset("another other several many some few lot lots multiple various numerous".split())
 
