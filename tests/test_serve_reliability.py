@@ -421,9 +421,7 @@ def test_small_soak_loses_nothing(tiny_vlm, tmp_path):
     from serve.soak import KINDS, SoakConfig, run_soak
 
     model_dir = tiny_vlm.save(tmp_path / "tiny-vlm")
-    # "png-chunks" corruption is left out until test_corrupt_png_chunks_are_a_client_error passes
-    cfg = SoakConfig(requests=40, model=str(model_dir), warmup=len(KINDS), max_tokens=16, timeout_s=60,
-                     bad_images=("random", "truncated"))
+    cfg = SoakConfig(requests=40, model=str(model_dir), warmup=len(KINDS), max_tokens=16, timeout_s=60)
     report = run_soak(cfg, tmp_path)
     print(json.dumps({k: report[k] for k in ("results", "latency_s", "rss", "server")}))
     assert report["requests"] == 40 and set(report["results"]) == {"ok"}, report["problems"]
