@@ -32,7 +32,7 @@ def tiny_tower(tmp_path_factory) -> Path:
 
 
 def tiny_config(data_dir: Path, tower: Path, out: Path, **overrides) -> LitConfig:
-    base = dict(data_dir=str(data_dir / "flickr8k"), out_dir=str(out), cache_dir="none", vision=str(tower),
+    base = dict(data_dir=str(data_dir / "flickr8k"), out_dir=str(out), cache=False, vision=str(tower),
                 image_size=28, feature_bf16=False, vocab_size=300, text_layers=1, text_hidden=32, text_heads=2,
                 text_intermediate=64, max_text_length=32, embed_init="random", projection_dim=16, batch_size=8,
                 lr=3e-3, warmup_steps=1, epochs=1.0, train_limit=12, dev_limit=6, threads=1, log_every=1)
@@ -249,10 +249,10 @@ def test_cli_flags_map_onto_the_config():
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    cfg = to_config(parser.parse_args(["--image-layer", "10", "--no-flip", "--max-steps", "5", "--cache-dir", "none",
+    cfg = to_config(parser.parse_args(["--image-layer", "10", "--no-flip", "--max-steps", "5", "--no-cache",
                                        "--llm-sif-a", "none", "--text-tower", "smollm2-frozen"]))
-    assert (cfg.image_layer, cfg.flip, cfg.max_steps, cfg.cache_dir, cfg.llm_sif_a, cfg.text_tower) == \
-        (10, False, 5, None, None, "smollm2-frozen")
+    assert (cfg.image_layer, cfg.flip, cfg.max_steps, cfg.cache, cfg.llm_sif_a, cfg.text_tower) == \
+        (10, False, 5, False, None, "smollm2-frozen")
     assert to_config(parser.parse_args([])) == LitConfig()
     with pytest.raises(SystemExit):
         parser.parse_args(["--image-features", "patches"])

@@ -18,7 +18,8 @@ HELP = "train a CLIP text tower against the locked image tower (LiT), select on 
 _HELP = {
     "data_dir": "folder with train.jsonl and dev.jsonl ({image, captions})",
     "out_dir": "output folder: the model (stock VisionTextDualEncoderModel), checkpoints, metrics",
-    "cache_dir": "where the locked tower's outputs are cached (default: $VLM_CACHE/features/lit; none: memory)",
+    "cache_dir": "where the locked tower's outputs are cached (default: $VLM_CACHE/features/lit)",
+    "cache": "cache the locked tower's outputs on disk (--no-cache: in memory, this run only)",
     "vision": "registered tower name or tower folder",
     "image_layer": "cut the tower to this many layers (0: all); the image feature is that layer's normed CLS",
     "image_features": f"{' or '.join(IMAGE_FEATURES)}; cls+mean is a measurement only (no stock class)",

@@ -11,7 +11,8 @@ IMAGE_FEATURES = ("cls", "cls+mean")  # the tower's pooled class token (stock); 
 class LitConfig:
     data_dir: str = "../shared/data/flickr8k"  # train.jsonl and dev.jsonl: {"image", "captions": [...]}
     out_dir: str = "runs/lit/clip"
-    cache_dir: str | None = None  # locked-tower outputs (default $VLM_CACHE/features/lit; "none": keep in memory)
+    cache_dir: str | None = None  # where locked-tower outputs are cached (None: $VLM_CACHE/features/lit)
+    cache: bool = True  # False: compute them in memory for this run only
     # image side: a locked (frozen) pretrained tower; its class token after `image_layer` layers, normed
     vision: str = "dinov2-vits14"  # registered name or tower folder
     image_size: int = 224

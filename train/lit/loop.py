@@ -48,11 +48,9 @@ def _tokenizer(cfg: LitConfig, out: Path, captions: list[str]):
 
 def _features(cfg: LitConfig, tower, prep: dict, pairs: dict, log) -> dict[str, list[torch.Tensor]]:
     """Per split, the views (plain, mirrored when ``cfg.flip``) of the features the image side reads."""
-    from train.feature_cache import default_root
-
     from .features import cached_outputs
 
-    cache = None if str(cfg.cache_dir).lower() == "none" else Path(cfg.cache_dir or default_root() / "lit")
+    cache = _cache_root(cfg)
     layer = (cfg.image_layer or tower.config.num_hidden_layers) - 1
     out = {}
     for split in SPLITS:
@@ -68,10 +66,27 @@ def _features(cfg: LitConfig, tower, prep: dict, pairs: dict, log) -> dict[str, 
     return out
 
 
+def _cache_root(cfg: LitConfig) -> Path | None:
+    from train.feature_cache import default_root
+
+    return Path(cfg.cache_dir or default_root() / "lit") if cfg.cache else None
+
+
 def _frozen_states(cfg: LitConfig, pairs: dict, log) -> dict[str, torch.Tensor]:
+    """Pooled SmolLM2 states of every caption (cached beside the tower outputs, keyed by LLM, layer, SIF
+    weight and the captions themselves)."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
     from vlm.compose import load_llm
     from vlm.eval.retrieval import embed_texts, sif_weights
 
+    root = _cache_root(cfg)
+    text = json.dumps([cfg.llm, cfg.llm_layer, cfg.llm_sif_a] + [pairs[s].captions for s in SPLITS])
+    path = root / f"text-states-{hashlib.sha256(text.encode()).hexdigest()[:16]}.safetensors" if root else None
+    if path is not None and path.is_file():
+        return load_file(str(path))
     llm, tok = load_llm(cfg.llm)
     weight = sif_weights(tok, pairs["train"].captions, cfg.llm_sif_a) if cfg.llm_sif_a else None
     states = {}
@@ -79,6 +94,9 @@ def _frozen_states(cfg: LitConfig, pairs: dict, log) -> dict[str, torch.Tensor]:
         t = time.time()
         states[split] = embed_texts(llm, tok, pairs[split].captions, cfg.llm_layer, token_weight=weight)
         log(f"{split}: {cfg.llm} layer {cfg.llm_layer} states {tuple(states[split].shape)} in {time.time() - t:.1f}s")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(states, str(path))
     return states
 
 
@@ -139,7 +157,11 @@ def evaluate(model, split: str, pairs) -> dict:
     return {k: round(v, 5) for k, v in recall_at_k(img @ txt.T, pairs.owner).items()}
 
 
-def train(cfg: LitConfig, log=print) -> dict:
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+def train(cfg: LitConfig, log=_print) -> dict:
     """Run LiT training; return the summary (also written to ``<out>/summary.json``)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
