@@ -101,13 +101,18 @@ def test_generate_failing_from_the_cache_retries_uncached(tiny_vlm, photo, recei
     model = cached.model
     real_generate = model.generate
 
-    def generate(**kwargs):  # this transformers rejects a cache it is handed
+    def generate(**kwargs):  # this transformers rejects a cache it is handed, after streaming the prompt
         if kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None:
+            if kwargs.get("streamer") is not None:
+                kwargs["streamer"].put(kwargs["input_ids"].cpu())
             raise TypeError("unexpected cache layout")
         return real_generate(**kwargs)
 
     monkeypatch.setattr(model, "generate", generate)
-    for conv in conversations(photo, receipt)[:4]:
+    convs = conversations(photo, receipt)[:4]
+    streamed = "".join(cached.chat_stream(convs[0], max_new_tokens=5)).strip()
+    assert streamed == plain.chat(convs[0], max_new_tokens=5)  # the failed call's prompt is not streamed
+    for conv in convs:
         assert cached.chat(conv, max_new_tokens=5) == plain.chat(conv, max_new_tokens=5)
     assert "unexpected cache layout" in model._vlm_prefix_cache.disabled
 

@@ -155,6 +155,9 @@ def _run_generate(model, batch, kwargs: dict):
         if first.seen:
             raise
         model._vlm_prefix_cache.disable(f"generate failed from the cached prefix: {type(exc).__name__}: {exc}")
+        streamer = kwargs.get("streamer")
+        if streamer is not None:  # the failed call may have fed it the prompt already: skip the retry's too
+            streamer.next_tokens_are_prompt = True
         return model.generate(**batch, **{k: v for k, v in kwargs.items() if k != key})
 
 

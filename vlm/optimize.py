@@ -353,7 +353,7 @@ def cache_kwarg(model) -> str:
     (5.2x; ``past_key_values`` is deprecated there) or ``past_key_values`` (earlier)."""
     import inspect
 
-    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 class PromptPrefixCache:
