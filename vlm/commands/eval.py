@@ -64,11 +64,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default="auto", choices=["auto", "ptb", "simple"],
                    help="caption tokenisation for scoring (auto: PTB if java is available)")
 
-    p = sub.add_parser("retrieval", help="image-text retrieval R@1/5/10 of a stage-0 tower vs chance")
+    p = sub.add_parser("retrieval", help="image-text retrieval R@1/5/10 of a stage-0 tower or a CLIP vs chance "
+                       "(a CLIP also gets the zero-shot check: 10 caption-derived labels)")
     _common(p, "retrieval")
-    p.add_argument("--vision", default="vlm-tiny", help="stage-0 tower folder (with retrieval.json), or a shipped "
-                   "model / parts folder whose tower carries one (default: %(default)s)")
+    p.add_argument("--vision", default="vlm-tiny", help="stage-0 tower folder (with retrieval.json), a shipped "
+                   "model / parts folder whose tower carries one, or a CLIP-interface model folder "
+                   "(`vlm train clip` output, a CLIPModel) (default: %(default)s)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
+    p.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=None,
+                   help="CLIP folders: average each image with its mirror image (default: what lit.json says)")
 
     p = sub.add_parser("vqa", help="visual question answering accuracy vs blind-model and answer-prior baselines")
     _common(p, "vqa")
@@ -270,7 +274,8 @@ def _retrieval(args) -> dict:
     from vlm.eval.retrieval_task import evaluate_retrieval
 
     return evaluate_retrieval(args.data, args.vision, _out(args), limit=args.limit, batch_size=args.batch_size,
-                              dtype=_torch_dtype(args.dtype), fresh=args.fresh, progress=not args.no_progress)
+                              dtype=_torch_dtype(args.dtype), fresh=args.fresh, progress=not args.no_progress,
+                              flip_average=args.flip_average)
 
 
 # ------------------------------------------------------------------------------------------- summary
@@ -278,7 +283,8 @@ _KEYS = {
     "sroie": lambda m: {**{f"{f}_f1": v["f1"] for f, v in m["fields"].items()}, "overall_f1": m["overall"]["f1"]},
     "captions": lambda m: {k: m[k] for k in ("bleu4", "cider", "mean_length")},
     "vqa": lambda m: {k: m[k] for k in ("accuracy", "relaxed_accuracy")},
-    "retrieval": lambda m: {k: v for k, v in m.items() if k.startswith(("i2t_r", "t2i_r"))},
+    "retrieval": lambda m: {k: v for k, v in m.items()
+                            if k.startswith(("i2t_r", "t2i_r")) or k in ("top1", "balanced_top1", "majority_top1")},
 }
 
 
