@@ -2,11 +2,11 @@
 anything ``AutoModel`` loads with ``get_image_features`` and ``get_text_features``), for retrieval and
 zero-shot evaluation.
 
-Contract: :func:`is_dual_encoder` tells such a folder from a stage-0 tower folder by the class its config
-maps to (no model names). :class:`ClipEmbedder` loads the model, its tokenizer and image statistics from the
-folder and returns unit vectors. Images are preprocessed as stage-0 retrieval does
-(:func:`vlm.eval.retrieval.preprocess_images`: padded to square, bicubic to the tower's input size), so
-figures compare; with ``flip_average`` (default: what the folder's ``lit.json`` says, else off) each image's
+Contract: :func:`is_dual_encoder` tells such a folder from any other (a vision tower alone, a llava model) by
+the class its config maps to (no model names). :class:`ClipEmbedder` loads the model, its tokenizer and image
+statistics from the folder and returns unit vectors. Images are preprocessed as
+:func:`vlm.eval.retrieval.preprocess_images` does (padded to square, bicubic to the tower's input size), so
+figures compare across models; with ``flip_average`` (default: what the folder's ``lit.json`` says, else off) each image's
 features are averaged with those of its mirror image before normalising.
 """
 from __future__ import annotations
@@ -53,9 +53,13 @@ class ClipEmbedder:
     def __init__(self, folder: str | os.PathLike, dtype: torch.dtype = torch.float32, flip_average: bool | None = None):
         from transformers import AutoModel, AutoTokenizer
 
+        from vlm.errors import ModelNotFoundError
         from vlm.vision import image_statistics
 
         self.folder = Path(folder)
+        if not is_dual_encoder(self.folder):
+            raise ModelNotFoundError(f"{folder} is not a CLIP folder (a model with get_image_features and "
+                                     "get_text_features, such as `vlm train clip` writes)")
         self.model = AutoModel.from_pretrained(self.folder, dtype=dtype).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
         lit = json.loads((self.folder / LIT_FILE).read_text()) if (self.folder / LIT_FILE).is_file() else {}
