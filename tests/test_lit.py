@@ -62,7 +62,7 @@ def test_truncated_tower_pools_the_cached_layer(tiny_tower):
     from transformers import Dinov2Model
 
     from train.lit.features import tower_outputs
-    from train.lit.model import truncate_tower
+    from vlm.vision import truncate
 
     tower = Dinov2Model.from_pretrained(tiny_tower).eval()
     pixels = torch.randn(3, 3, 28, 28)
@@ -71,12 +71,12 @@ def test_truncated_tower_pools_the_cached_layer(tiny_tower):
     with torch.no_grad():
         assert torch.allclose(tower(pixel_values=pixels).pooler_output, out["cls"][:, 2], atol=1e-6)
         for layers in (1, 2):
-            cut = truncate_tower(tower, layers)
+            cut = truncate(tower, layers)
             assert type(cut) is Dinov2Model and cut.config.num_hidden_layers == layers
             assert torch.allclose(cut(pixel_values=pixels).pooler_output, out["cls"][:, layers - 1], atol=1e-6)
-    assert truncate_tower(tower, 0) is tower
+    assert truncate(tower, 0) is tower
     with pytest.raises(ValueError, match="image_layer"):
-        truncate_tower(tower, 4)
+        truncate(tower, 4)
 
 
 def test_feature_cache_is_reused_and_keyed(tiny_tower, data_dir, flickr_records, tmp_path):
