@@ -1,6 +1,8 @@
 """LiT (``vlm train clip``): the CLIP of a locked image tower and a trained text tower, in stock classes.
 
-Tiny random towers on real Flickr8k images for the mechanics; the real DINOv2 tower for the end-to-end run.
+Tiny random towers on real Flickr8k images for the mechanics; the real DINOv2 tower for the end-to-end run
+(which also round-trips through the compact form of :mod:`vlm.clip_parts`; its unit tests are in
+``tests/test_clip_parts.py``).
 """
 from __future__ import annotations
 
@@ -62,7 +64,7 @@ def test_truncated_tower_pools_the_cached_layer(tiny_tower):
     from transformers import Dinov2Model
 
     from train.lit.features import tower_outputs
-    from train.lit.model import truncate_tower
+    from vlm.vision import truncate
 
     tower = Dinov2Model.from_pretrained(tiny_tower).eval()
     pixels = torch.randn(3, 3, 28, 28)
@@ -71,12 +73,12 @@ def test_truncated_tower_pools_the_cached_layer(tiny_tower):
     with torch.no_grad():
         assert torch.allclose(tower(pixel_values=pixels).pooler_output, out["cls"][:, 2], atol=1e-6)
         for layers in (1, 2):
-            cut = truncate_tower(tower, layers)
+            cut = truncate(tower, layers)
             assert type(cut) is Dinov2Model and cut.config.num_hidden_layers == layers
             assert torch.allclose(cut(pixel_values=pixels).pooler_output, out["cls"][:, layers - 1], atol=1e-6)
-    assert truncate_tower(tower, 0) is tower
+    assert truncate(tower, 0) is tower
     with pytest.raises(ValueError, match="image_layer"):
-        truncate_tower(tower, 4)
+        truncate(tower, 4)
 
 
 def test_feature_cache_is_reused_and_keyed(tiny_tower, data_dir, flickr_records, tmp_path):
@@ -310,8 +312,13 @@ def test_eval_retrieval_on_a_dual_encoder_matches_training(tiny_tower, data_dir,
 
 def test_real_tower_end_to_end(data_dir, tmp_path):
     """The real DINOv2 tower and SmolLM2-initialised token embeddings on a small real subset: training runs,
-    the exported stock CLIP evaluates to the figures training selected, and aligned pairs beat chance."""
+    the exported stock CLIP evaluates to the figures training selected, and aligned pairs beat chance. Its
+    compact form (no tower stored) composes the same model from the registered tower and evaluates the same."""
+    from transformers import VisionTextDualEncoderModel
+
+    from train.export import export_clip_parts
     from train.lit.loop import train
+    from vlm.clip_parts import load_clip_parts
     from vlm.eval.retrieval_task import evaluate_retrieval
 
     cfg = LitConfig(data_dir=str(data_dir / "flickr8k"), out_dir=str(tmp_path / "clip"), cache=False,
@@ -326,3 +333,17 @@ def test_real_tower_end_to_end(data_dir, tmp_path):
     assert report["systems"]["clip"]["t2i_r5"] == pytest.approx(summary["best"]["dev"]["t2i_r5"], abs=1e-4)
     lit = json.loads((Path(summary["model_folder"]) / "lit.json").read_text())
     assert lit["vision"] == "dinov2-vits14" and lit["image_layer"] == 12 and lit["flip_average"] is True
+
+    compact = export_clip_parts(summary["model_folder"], tmp_path / "compact")
+    manifest = json.loads((compact / "clip_parts.json").read_text())
+    assert (manifest["base_vision"], manifest["vision_image_size"], manifest["vision_layers"]) == \
+        ("dinov2-vits14", 112, 12)
+    size = sum(f.stat().st_size for f in compact.rglob("*") if f.is_file())
+    stock_size = sum(f.stat().st_size for f in Path(summary["model_folder"]).glob("*.safetensors"))
+    assert size < 2e6 and stock_size > 40e6  # the ~44 MB tower stays out
+    stock = VisionTextDualEncoderModel.from_pretrained(summary["model_folder"]).state_dict()
+    composed = load_clip_parts(compact)[0].state_dict()
+    assert stock.keys() == composed.keys() and all(torch.equal(stock[k], composed[k]) for k in stock)
+    again = evaluate_retrieval(data_dir / "flickr8k" / "dev.jsonl", compact, tmp_path / "eval-compact", limit=32,
+                               progress=False)
+    assert again["systems"] == report["systems"]

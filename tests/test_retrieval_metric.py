@@ -1,4 +1,4 @@
-"""recall@K on hand-made similarity matrices with known answers."""
+"""recall@K on hand-made similarity matrices with known answers; an LLM's pooled caption states."""
 from __future__ import annotations
 
 import math
@@ -76,31 +76,7 @@ def test_bad_shapes_raise_clear_errors():
         recall_at_k(torch.zeros(2, 2), [0, 5])
 
 
-# ---- the text side and the closed-form image head ------------------------------------------------------
-def test_text_side_centres_removes_the_common_direction_and_round_trips(tmp_path):
-    from vlm.eval.retrieval import RetrievalSpec, TextSide
-
-    g = torch.Generator().manual_seed(0)
-    common = torch.randn(16, generator=g)
-    states = torch.randn(200, 16, generator=g) * 0.3 + torch.randn(200, 1, generator=g) * common
-    side = TextSide.fit(states, remove_components=1, token_weight=torch.rand(50, generator=g))
-    unit = side.unit(states)
-    assert torch.allclose(unit.norm(dim=-1), torch.ones(200), atol=1e-5)
-    assert (unit @ side.components.T).abs().max() < 1e-5  # the common direction is gone
-    direction = torch.nn.functional.normalize(common, dim=0)
-    assert abs(float(side.components[0] @ direction)) > 0.9  # and it was the planted one
-    side.save(tmp_path)
-    again = TextSide.load(tmp_path, RetrievalSpec("x", 0, 16))
-    assert torch.equal(again.unit(states), unit) and torch.equal(again.token_weight, side.token_weight)
-
-
-def test_folder_without_text_file_uses_the_spec_mean(tmp_path):
-    from vlm.eval.retrieval import RetrievalSpec, TextSide
-
-    side = TextSide.load(tmp_path, RetrievalSpec("x", 0, 3, text_mean=[1.0, 0.0, 0.0]))
-    assert torch.allclose(side.unit(torch.tensor([[2.0, 1.0, 0.0]])), torch.tensor([[0.7071, 0.7071, 0.0]]), atol=1e-4)
-
-
+# ---- an LLM's caption states (LiT's smollm2-frozen text side) -------------------------------------------
 def test_sif_weights_discount_frequent_tokens(smollm2_dir):
     from transformers import AutoTokenizer
 
@@ -114,64 +90,22 @@ def test_sif_weights_discount_frequent_tokens(smollm2_dir):
     assert w[a_id] < w[dress_id] < w[unseen] == 1.0
 
 
-def test_bag_of_tokens_side_weights_rare_tokens_and_round_trips(smollm2_dir, tmp_path):
-    import math
+@pytest.mark.real
+def test_truncated_llm_gives_the_same_hidden_states(smollm2_dir):
+    """Running only the first layers of SmolLM2 gives exactly the full model's hidden_states[layer]."""
+    from vlm.compose import load_llm
+    from vlm.eval.retrieval import embed_texts, truncated
 
-    from transformers import AutoTokenizer
-
-    from vlm.eval.retrieval import RetrievalSpec, TextSide
-
-    tok = AutoTokenizer.from_pretrained(smollm2_dir)
-    texts = ["A dog runs on the grass", "a dog jumps", "A man rides a bike", "a man and a dog", "A girl in a red dress"]
-    side = TextSide.bag(tok, texts, min_count=2)
-    column = {tok.decode([t]).strip(): j for j, t in enumerate(side.vocabulary.tolist())}
-    assert set(column) == {"a", "dog", "man"}  # lower-cased, so "A" and "a" are one token; singletons dropped
-    bags = side.states(None, tok, ["A DOG in the snow", "a man with a dog", "a volcano"], 0)
-    dog, man = math.log(5 / 3), math.log(5 / 2)  # idf; "a" is in every caption: idf 0
-    expected = torch.zeros(3, 3)
-    expected[0, column["dog"]] = 1.0
-    expected[1, column["dog"]], expected[1, column["man"]] = dog / math.hypot(dog, man), man / math.hypot(dog, man)
-    assert torch.allclose(bags, expected, atol=1e-6)  # nothing known in "a volcano": a zero bag
-    side.save(tmp_path)
-    again = TextSide.load(tmp_path, RetrievalSpec("x", 0, 3, text_pooling="bag"))
-    assert torch.equal(again.vocabulary, side.vocabulary) and torch.equal(again.unit(bags), side.unit(bags))
-
-
-def test_ridge_head_folds_into_a_linear_layer():
-    from train.stage0.probe import ridge_apply, ridge_as_linear, ridge_fit
-    from vlm.eval.retrieval import ImageHead
-
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(64, 8, generator=g) * 3 + 1, torch.randn(64, 5, generator=g)
-    w, m, s = ridge_fit(x, y, 10.0)
-    head = ImageHead(8, 5)
-    head.load_state_dict(ridge_as_linear(w, m, s))
+    model, tok = load_llm(str(smollm2_dir))  # float32: bf16 batches differ from single runs by ~0.05
+    texts = ["A dog runs on the beach .", "Two men play soccer on a grassy field while others watch ."]
+    enc = tok(texts[:1], return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
-        assert torch.allclose(head(x), ridge_apply(x, w, m, s), atol=1e-5)
-
-
-def test_cca_head_finds_the_shared_signal_and_folds_into_the_text_side(tmp_path):
-    from train.stage0.probe import cca_as_linear, cca_fit
-    from vlm.eval.retrieval import ImageHead, RetrievalSpec, TextSide, recall_at_k
-
-    g = torch.Generator().manual_seed(0)
-    latent = torch.randn(400, 4, generator=g)
-    x = latent @ torch.randn(4, 10, generator=g) + 0.3 * torch.randn(400, 10, generator=g)
-    states = latent @ torch.randn(4, 16, generator=g) + 0.3 * torch.randn(400, 16, generator=g) + 2.0
-    side = TextSide.fit(states)
-    units = side.unit(states)
-    fit = cca_fit(x[:300], units[:300], 1e-3, 1e-3, dims=4)
-    assert fit.correlations.shape == (4,) and fit.correlations.min() > 0.8  # the 4 shared directions
-    weak = cca_fit(torch.randn(300, 10, generator=g), units[:300], 1e-3, 1e-3, dims=4)
-    assert weak.correlations.max() < 0.4  # unrelated features: no shared direction
-    head = ImageHead(10, 4)
-    head.load_state_dict(cca_as_linear(fit))
-    projected = side.with_projection(fit.y_mean, fit.y_proj)
-    with torch.no_grad():
-        assert torch.allclose(head(x), fit.images(x), atol=1e-5)
-    assert torch.allclose(projected.unit(states), fit.texts(units), atol=1e-5) and projected.dim == 4
-    held_out = recall_at_k(head(x[300:]).detach() @ projected.unit(states[300:]).T, list(range(100)), ks=(5,))
-    assert held_out["t2i_r5"] > 0.5  # chance is 0.05
-    projected.save(tmp_path)
-    again = TextSide.load(tmp_path, RetrievalSpec("x", 0, 4))
-    assert torch.equal(again.unit(states), projected.unit(states))
+        full = model.model(**enc, output_hidden_states=True).hidden_states[3].float().mean(1)
+    with truncated(model, 3):
+        assert len(model.model.layers) == 4
+    assert len(model.model.layers) == 30
+    side = tok.padding_side
+    part = embed_texts(model, tok, texts, 3)  # runs only 4 layers, batched with right padding
+    assert len(model.model.layers) == 30 and tok.padding_side == side
+    assert torch.allclose(part[0], full[0], atol=1e-3, rtol=1e-4)
+    assert part.shape == (2, 576)

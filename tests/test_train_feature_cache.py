@@ -36,7 +36,7 @@ def test_cache_hits_then_misses_when_the_tower_changes(tiny_vlm, photo, receipt,
     assert (again.hits, again.computed) == (2, 0)
     assert torch.equal(again.get(key), first.get(key))
 
-    with torch.no_grad():  # a changed tower (e.g. a new stage-0 checkpoint): nothing old may be reused
+    with torch.no_grad():  # a changed tower (other weights): nothing old may be reused
         next(p for n, p in model.model.vision_tower.named_parameters() if n.endswith("layers.0.mlp.fc1.weight")).add_(0.5)
     changed = FeatureCache(tower_fingerprint(model, proc), tmp_path)
     assert changed.fingerprint != fp

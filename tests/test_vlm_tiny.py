@@ -67,34 +67,3 @@ def test_cli_defaults_to_vlm_tiny(photo):
                           "--max-new-tokens", "12", "--no-stream"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()
-
-
-def test_refitting_the_shipped_tower_scores_its_bag_head_as_the_evaluation_does(data_dir, tmp_path):
-    """`vlm train heads` on vlm-tiny's tower (a bag-of-tokens text side) scores the current head exactly as
-    `vlm eval retrieval` does, and refits the LLM text side the other candidates need."""
-    from train.stage0.heads import fit_heads
-    from vlm.eval.retrieval_task import evaluate_retrieval
-    from vlm.registry import vision_folder
-
-    tower = vision_folder("vlm-tiny")
-    flickr = data_dir / "flickr8k"
-    summary = fit_heads(tower, str(flickr), str(tmp_path / "copy"), limit=40, cache_dir=str(tmp_path / "c"),
-                        log=lambda *_: None)
-    assert set(summary["candidates"]) == {"current", "ridge", "cca", "cca-bag"}
-    report = evaluate_retrieval(flickr / "dev.jsonl", tower, tmp_path / "eval", limit=40, progress=False)
-    assert summary["candidates"]["current"] == round(report["systems"]["tower"]["t2i_r5"], 4)
-    assert "tf-idf bags" in report["systems"]["tower"]["note"]
-
-
-def test_shipped_tower_evaluates_retrieval_by_default(data_dir, tmp_path):
-    """`vlm eval retrieval` defaults to vlm-tiny's own tower, which carries its retrieval head and text side."""
-    rows = (data_dir / "flickr8k" / "dev.jsonl").read_text().splitlines()[:20]
-    data = tmp_path / "dev20.jsonl"
-    data.write_text("\n".join(json.dumps({**json.loads(r), "image": str(data_dir / "flickr8k" / json.loads(r)["image"])})
-                              for r in rows))
-    out = subprocess.run([sys.executable, "-m", "vlm.cli", "eval", "retrieval", "--data", str(data),
-                          "--out", str(tmp_path / "r"), "--no-progress"], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    tower = json.loads((tmp_path / "r" / "report.json").read_text())["systems"]["tower"]
-    assert tower["images"] == 20 and tower["texts"] == 100
-    assert tower["t2i_r5"] > 0.25  # chance is 5 / 20

@@ -1,1 +1,2 @@
-"""Training stages for vlm: stage 0 (vision tower), stage 1 (projector alignment), stage 2 (instruction tuning)."""
+"""Training stages for vlm: stage 1 (projector alignment), stage 2 (instruction tuning), and a CLIP text tower
+for the locked vision tower (LiT, ``train.lit``)."""

@@ -1,5 +1,5 @@
-"""``vlm train {stage0,stage1,stage2,heads}``: one sub-command per training stage, and ``heads`` (closed-form
-retrieval heads for a frozen tower).
+"""``vlm train {stage1,stage2,clip}``: one sub-command per training stage, and ``clip`` (a CLIP text tower
+for the locked image tower, LiT).
 
 STAGES maps a stage name to a module with ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``
 (the same contract as ``vlm.cli.COMMANDS``); heavy imports stay inside ``run``.
@@ -13,14 +13,12 @@ import argparse
 import importlib
 import sys
 
-HELP = ("train a stage: stage0 (vision tower), stage1 (projector alignment), stage2 (instruction tuning); "
-        "heads (a tower's retrieval heads); clip (a text tower for the locked image tower, LiT)")
+HELP = ("train a stage: stage1 (projector alignment), stage2 (instruction tuning); "
+        "clip (a text tower for the locked image tower, LiT)")
 
 STAGES: dict[str, str] = {
-    "stage0": "train.stage0.cli",
     "stage1": "train.stage1",
     "stage2": "train.stage2",
-    "heads": "train.stage0.heads",
     "clip": "train.lit.cli",
 }
 

@@ -1,27 +1,36 @@
-"""``vlm export``: turn a stage-2 adapter folder (or a parts folder) into a shippable model.
+"""``vlm export``: turn a stage-2 adapter folder (or a parts folder) into a shippable model, and a CLIP into
+its compact form or back.
 
 ``--format llava`` (default) merges the LoRA into the LLM and writes a plain HF llava folder that stock
 ``transformers`` loads (``LlavaForConditionalGeneration`` + ``AutoProcessor``). ``--format parts`` writes
 the compact parts folder (:mod:`vlm.parts`) over a registered base LLM (and registered tower, with
-``--base-vision``), LoRA left unmerged.
+``--base-vision``), LoRA left unmerged. ``--format clip-parts`` writes a LiT CLIP folder (``vlm train clip``
+output) without its registered tower (:mod:`vlm.clip_parts`; ``--out PARTS/clip`` makes it a parts folder's
+CLIP); ``--format clip`` materialises such a compact CLIP (or a parts folder's ``clip/``) as a plain
+``VisionTextDualEncoderModel`` folder again.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-HELP = "merge a stage-2 LoRA adapter into a plain llava folder (or write a compact parts folder)"
+HELP = ("merge a stage-2 LoRA adapter into a plain llava folder (or write a compact parts folder); "
+        "write a CLIP without its registered tower (clip-parts) or back as a stock folder (clip)")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="stage-2 adapter folder or parts folder")
+    parser.add_argument("--model", required=True, help="stage-2 adapter folder or parts folder; clip-parts: a "
+                        "`vlm train clip` folder; clip: a compact CLIP folder or a parts folder with clip/")
     parser.add_argument("--out", required=True, help="folder to write")
-    parser.add_argument("--format", choices=["llava", "parts"], default="llava")
+    parser.add_argument("--format", choices=["llava", "parts", "clip-parts", "clip"], default="llava")
     parser.add_argument("--base-llm", default=None,
                         help="--format parts: the registered base LLM name (e.g. smollm2-135m-instruct)")
     parser.add_argument("--base-vision", default=None,
-                        help="--format parts: the registered tower the model was built on (e.g. dinov2-vits14); "
-                             "it is fetched on load instead of stored (default: store the tower)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="llava: weights dtype")
+                        help="--format parts / clip-parts: the registered tower the model was built on (e.g. "
+                             "dinov2-vits14); it is fetched on load instead of stored (parts default: store the "
+                             "tower; clip-parts default: the tower lit.json names)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="llava, clip-parts: weights dtype (clip-parts bfloat16: half the size, rounded weights)")
 
 
 def export_llava(model_dir, out, dtype) -> Path:
@@ -69,6 +78,36 @@ def export_parts(model_dir, out, base_llm: str, base_vision: str | None = None) 
     return save_parts(peft_model, processor, out, base_llm, n, base_vision)
 
 
+def export_clip_parts(model_dir, out, base_vision: str | None = None, dtype: str = "float32") -> Path:
+    """A LiT CLIP folder -> its compact form (:func:`vlm.clip_parts.save_clip_parts`)."""
+    from transformers import VisionTextDualEncoderModel, VisionTextDualEncoderProcessor
+
+    from vlm.clip_parts import DTYPES, LIT_FILE, save_clip_parts
+    from vlm.eval.retrieval_clip import is_dual_encoder
+
+    model_dir = Path(model_dir)
+    if not is_dual_encoder(model_dir):
+        raise ValueError(f"{model_dir} is not a CLIP folder (`vlm train clip` output)")
+    lit = json.loads((model_dir / LIT_FILE).read_text()) if (model_dir / LIT_FILE).is_file() else None
+    base_vision = base_vision or (lit or {}).get("vision")
+    if not base_vision:
+        raise ValueError(f"--format clip-parts needs --base-vision (no {LIT_FILE} in {model_dir} names the tower)")
+    model = VisionTextDualEncoderModel.from_pretrained(model_dir).eval()
+    processor = VisionTextDualEncoderProcessor.from_pretrained(model_dir)
+    return save_clip_parts(model, processor, out, base_vision, DTYPES[dtype], lit)
+
+
+def export_clip(model_dir, out) -> Path:
+    """A compact CLIP (or a parts folder's ``clip/``) -> a plain ``VisionTextDualEncoderModel`` folder."""
+    from vlm.clip_parts import MANIFEST, is_clip_parts, save_stock
+    from vlm.registry import clip_folder
+
+    folder = clip_folder(model_dir)
+    if not is_clip_parts(folder):
+        raise ValueError(f"{folder} is not a compact CLIP folder (no {MANIFEST})")
+    return save_stock(folder, out)
+
+
 def torch_equal(a, b) -> bool:
     import torch
 
@@ -83,6 +122,10 @@ def run(args) -> int:
         if not args.base_llm:
             raise ValueError("--format parts needs --base-llm (a registered LLM name)")
         path = export_parts(args.model, args.out, args.base_llm, args.base_vision)
+    elif args.format == "clip-parts":
+        path = export_clip_parts(args.model, args.out, args.base_vision, args.dtype)
+    elif args.format == "clip":
+        path = export_clip(args.model, args.out)
     else:
         path = export_llava(args.model, args.out, {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype])
     print(path)

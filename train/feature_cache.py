@@ -4,7 +4,7 @@ The cached tensor is exactly what the llava model feeds its projector: the tower
 ``vision_feature_layer`` (concatenated when it is a list), CLS dropped for the ``default`` strategy.
 Entries live under ``<root>/<tower fingerprint>/<hh>/<image sha256>.safetensors``; the fingerprint hashes
 the tower's weights, its config, the feature selection and the image preprocessing, so any change to the
-tower (a new stage-0 checkpoint, another layer, another resolution) misses the old entries: they are
+tower (other weights, another layer, another resolution) misses the old entries: they are
 never reused. Writes are atomic (temp file + ``os.replace``), so ranks and concurrent runs can share a root.
 With the cache disabled (``--no-cache``) features are still computed once per run and kept in memory.
 """

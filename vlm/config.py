@@ -56,7 +56,8 @@ class InputLimits:
 
 @dataclass
 class TowerPreset:
-    """A fresh CLIP ViT tower, as trained by stage 0. Fields map onto ``CLIPVisionConfig``."""
+    """A small fresh (random) CLIP ViT tower, quick on a CPU: benchmarks, tests and stage 1's ``--vision preset``
+    build on it (vlm-tiny v3's stored tower has this shape). Fields map onto ``CLIPVisionConfig``."""
 
     image_size: int = 112
     patch_size: int = 16

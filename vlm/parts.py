@@ -8,6 +8,8 @@ Only what training changed is stored, all weights bf16 safetensors::
     adapter/                  PEFT LoRA adapter over the llava model (absent if none)
     embeddings.safetensors    embedding rows added for <image> (absent if the vocab was not grown)
     processor/                LlavaProcessor files (tokenizer, chat template, image processor)
+    clip/                     the model's CLIP for retrieval in compact form (:mod:`vlm.clip_parts`, its own dtype;
+                              optional: ``vlm export --format clip-parts --out PARTS/clip``; ``vlm eval retrieval``)
 
 A registered (fetched) tower is not stored: the manifest names it (``"base_vision": "dinov2-vits14"``)
 with the input size it runs at (``"vision_image_size"``), and loading fetches it through :mod:`vlm.hub`

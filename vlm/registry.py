@@ -3,7 +3,8 @@
 A name is looked up among the models shipped with vlm (``vlm/assets/<name>``); a folder is read by its
 contents: ``adapter_config.json`` means an unmerged LoRA adapter, ``vlm_parts.json`` a parts folder
 (projector + adapter, and the tower unless it is a registered one, over a registered base LLM), ``config.json`` with ``model_type: llava`` a
-plain llava checkpoint. Nothing depends on how a folder is named.
+plain llava checkpoint. Nothing depends on how a folder is named. :func:`clip_folder` finds the CLIP a
+parts folder carries (``clip/``), for retrieval.
 """
 from __future__ import annotations
 
@@ -46,20 +47,16 @@ def resolve_model(name_or_path: str | os.PathLike, dtype: torch.dtype):
     raise ModelNotFoundError(f"model {str(name_or_path)!r} not found (tried folder {tried[0]}; shipped models: {shipped})")
 
 
-def vision_folder(name_or_path: str | os.PathLike) -> Path:
-    """The tower folder of a shipped name or a parts folder (its stored ``vision`` part, or the registered
-    tower it names, fetched on first use, at the tower's native size), else the folder itself."""
+CLIP_FOLDER = "clip"  # where a parts folder carries its CLIP
+
+
+def clip_folder(name_or_path: str | os.PathLike) -> Path:
+    """The CLIP of a shipped name or a parts folder (its ``clip/`` subfolder), else the folder itself."""
     path = Path(name_or_path).expanduser()
     if not path.is_dir() and str(name_or_path) in shipped_models():
         path = ASSETS / str(name_or_path)
-    manifest = path / "vlm_parts.json"
-    if manifest.is_file():
-        import json
-
-        parts = json.loads(manifest.read_text())
-        if parts.get("base_vision"):
-            from .hub import resolve_vision
-
-            return Path(resolve_vision(parts["base_vision"]))
-        return path / parts["vision"]
+    if (path / "vlm_parts.json").is_file():
+        if not (path / CLIP_FOLDER).is_dir():
+            raise ModelNotFoundError(f"{name_or_path} carries no CLIP ({CLIP_FOLDER}/): retrieval needs a CLIP folder")
+        return path / CLIP_FOLDER
     return path

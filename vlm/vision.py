@@ -14,6 +14,9 @@ Contract:
   register tokens), measured by a shape-only forward pass on the meta device, never from names.
   :func:`feature_strategy` follows LLaVA: drop the class token (``"default"``) when there is one, keep all
   tokens (``"full"``) when there is none (SigLIP). Registers, if any, stay as image tokens.
+- :func:`truncate` cuts a tower to its first ``layers`` layers as a plain instance of the same class (config
+  ``num_hidden_layers = layers``), so its stock ``pooler_output`` (DINOv2: the final norm of the class token)
+  reads that layer and a saved copy holds only those layers (LiT's ``image_layer``, :mod:`vlm.clip_parts`).
 """
 from __future__ import annotations
 
@@ -150,3 +153,25 @@ def resize(tower, image_size: int | None):
     resized = _tower_class(new_config)(new_config).to(old.dtype)
     resized.load_state_dict(state, strict=True)
     return resized.eval() if not tower.training else resized
+
+
+def truncate(tower, layers: int):
+    """``tower`` with only its first ``layers`` layers (the same object when ``layers`` is 0 or all of them)."""
+    config = tower.config
+    total = config.num_hidden_layers
+    if layers == 0 or layers == total:
+        return tower
+    if not 0 < layers < total:
+        raise ValueError(f"image_layer must be in 1..{total} (0: all), got {layers}")
+    d = config.to_dict()
+    d["num_hidden_layers"] = layers
+    for key in ("out_features", "out_indices", "stage_names"):  # backbone bookkeeping derived from the depth
+        d.pop(key, None)
+    new_config = type(config).from_dict(d)
+    cut = type(tower)(new_config).to(next(tower.parameters()).dtype)
+    result = cut.load_state_dict(tower.state_dict(), strict=False)
+    dropped = [k for k in result.unexpected_keys if not any(f".{i}." in k for i in range(layers, total))]
+    if result.missing_keys or dropped:
+        raise ValueError(f"cannot cut {type(tower).__name__} to {layers} layers: missing {result.missing_keys[:3]}, "
+                         f"unexpected {dropped[:3]}")
+    return cut.train(tower.training)

@@ -5,16 +5,15 @@ Contract: :func:`export` saves ``VisionTextDualEncoderModel`` weights and config
 tokenizer) and ``lit.json`` (how it was trained and evaluated: ``flip_average`` tells an evaluation to
 average each image with its mirror image, as training selected it; the dev figures). Before returning it
 reloads the folder with the stock classes and checks that text and image features match the model in
-memory, so a folder that does not round-trip is never reported as written.
+memory, so a folder that does not round-trip is never reported as written. ``vlm export --format clip-parts``
+turns the folder into the compact form that leaves the registered tower out (:mod:`vlm.clip_parts`).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import torch
-
-LIT_FILE = "lit.json"
+from vlm.clip_parts import LIT_FILE
 
 
 def image_processor(vision: str, size: int):
@@ -30,27 +29,18 @@ def image_processor(vision: str, size: int):
     return proc
 
 
-@torch.no_grad()
 def check_round_trip(clip, folder: Path, tokenizer) -> float:
     """Largest absolute difference between features of the model in memory and of the reloaded folder."""
     from transformers import AutoTokenizer, VisionTextDualEncoderModel
+
+    from vlm.clip_parts import feature_difference
 
     loaded = VisionTextDualEncoderModel.from_pretrained(folder).eval()
     tok = AutoTokenizer.from_pretrained(folder)
     texts = ["a dog runs on the beach .", "two children play in the snow"]
     if tok(texts)["input_ids"] != tokenizer(texts)["input_ids"]:
         raise RuntimeError(f"the tokenizer saved in {folder} encodes differently from the one trained")
-    was = clip.training
-    clip.eval()
-    enc = tok(texts, padding=True, return_tensors="pt")
-    size = clip.config.vision_config.image_size
-    pixels = torch.linspace(-1, 1, 2 * 3 * size * size).view(2, 3, size, size)
-    diff = max((clip.get_text_features(**enc).pooler_output - loaded.get_text_features(**enc).pooler_output).abs().max(),
-               (clip.get_image_features(pixel_values=pixels).pooler_output
-                - loaded.get_image_features(pixel_values=pixels).pooler_output).abs().max(),
-               (clip.logit_scale - loaded.logit_scale).abs())
-    clip.train(was)
-    return float(diff)
+    return feature_difference(clip, loaded, tok)
 
 
 def export(clip, tokenizer, cfg, folder: str | Path, preprocessing: dict, best: dict | None) -> Path:

@@ -5,7 +5,7 @@ Contract:
 - :func:`tower_outputs` runs a tower whose ``pooler_output`` is its final norm applied to the class token
   (``Dinov2Model``, ``CLIPVisionModel``) and returns, for every layer ``l`` in ``1..num_hidden_layers``, the
   class token after layer ``l`` through that final norm (``cls[:, l-1]``, exactly the ``pooler_output`` of
-  the same tower truncated to ``l`` layers: see :func:`train.lit.model.truncate_tower`) and the mean of that
+  the same tower truncated to ``l`` layers: see :func:`vlm.vision.truncate`) and the mean of that
   layer's patch tokens through the same norm (``mean[:, l-1]``). Shapes (N, layers, hidden), float32.
 - :func:`cached_outputs` does that for a list of image files, mirrored or not, through the evaluation's
   preprocessing (:func:`vlm.eval.retrieval.preprocess_images`), and keeps the result under

@@ -102,16 +102,16 @@ def _frozen_states(cfg: LitConfig, pairs: dict, log) -> dict[str, torch.Tensor]:
 
 def build(cfg: LitConfig, out: Path, pairs: dict, log):
     """(DualEncoder, the stock model or None, tokenizer or None, tower preprocessing)."""
-    from vlm.vision import load_vision
+    from vlm.vision import load_vision, truncate
 
-    from .model import build_clip, smollm2_token_embeddings, text_config, truncate_tower
+    from .model import build_clip, smollm2_token_embeddings, text_config
     from .sides import CachedImages, ClipText, DualEncoder, FrozenStates, UnlockedImages
     from .tokenizer import encode
 
     tower, prep = load_vision(cfg.vision, image_size=cfg.image_size)
     if not prep:
         raise ValueError(f"vision tower {cfg.vision!r} has no image processor beside it (image mean/std unknown)")
-    tower = truncate_tower(tower.eval(), cfg.image_layer)
+    tower = truncate(tower.eval(), cfg.image_layer)
     torch.manual_seed(cfg.seed)
     clip = tokenizer = None
     if cfg.text_tower == "clip":

@@ -2,9 +2,8 @@
 (``Dinov2Model``) + a ``CLIPTextModel`` trained from scratch, each with a linear projection, and ``logit_scale``.
 
 Contract:
-- :func:`truncate_tower` cuts a tower to its first ``layers`` layers as a plain instance of the same class
-  (config ``num_hidden_layers = layers``), so the stock ``pooler_output`` (the final norm of the class
-  token) reads that layer; the saved model then holds only those layers.
+- the tower is cut to ``image_layer`` layers by :func:`vlm.vision.truncate` (the stock ``pooler_output`` then
+  reads that layer; the saved model holds only those layers).
 - :func:`text_config` / :func:`build_clip` assemble the model; ``get_image_features``,
   ``get_text_features`` and ``logit_scale`` are CLIP's (unnormalised projections; cosine similarity times
   ``logit_scale.exp()``).
@@ -14,28 +13,6 @@ Contract:
 from __future__ import annotations
 
 import torch
-
-
-def truncate_tower(tower, layers: int):
-    """``tower`` with only its first ``layers`` layers (the same object when ``layers`` is 0 or all of them)."""
-    config = tower.config
-    total = config.num_hidden_layers
-    if layers == 0 or layers == total:
-        return tower
-    if not 0 < layers < total:
-        raise ValueError(f"image_layer must be in 1..{total} (0: all), got {layers}")
-    d = config.to_dict()
-    d["num_hidden_layers"] = layers
-    for key in ("out_features", "out_indices", "stage_names"):  # backbone bookkeeping derived from the depth
-        d.pop(key, None)
-    new_config = type(config).from_dict(d)
-    cut = type(tower)(new_config).to(next(tower.parameters()).dtype)
-    result = cut.load_state_dict(tower.state_dict(), strict=False)
-    dropped = [k for k in result.unexpected_keys if not any(f".{i}." in k for i in range(layers, total))]
-    if result.missing_keys or dropped:
-        raise ValueError(f"cannot cut {type(tower).__name__} to {layers} layers: missing {result.missing_keys[:3]}, "
-                         f"unexpected {dropped[:3]}")
-    return cut.train(tower.training)
 
 
 def text_config(vocab_size: int, hidden: int, layers: int, heads: int, intermediate: int, max_length: int,

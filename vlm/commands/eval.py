@@ -64,12 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default="auto", choices=["auto", "ptb", "simple"],
                    help="caption tokenisation for scoring (auto: PTB if java is available)")
 
-    p = sub.add_parser("retrieval", help="image-text retrieval R@1/5/10 of a stage-0 tower or a CLIP vs chance "
-                       "(a CLIP also gets the zero-shot check: 10 caption-derived labels)")
+    p = sub.add_parser("retrieval", help="image-text retrieval R@1/5/10 of a CLIP vs chance, and a zero-shot "
+                       "check (10 caption-derived labels)")
     _common(p, "retrieval")
-    p.add_argument("--vision", default="vlm-tiny", help="stage-0 tower folder (with retrieval.json), a shipped "
-                   "model / parts folder whose tower carries one, or a CLIP-interface model folder "
-                   "(`vlm train clip` output, a CLIPModel) (default: %(default)s)")
+    p.add_argument("--vision", default="vlm-tiny", help="a CLIP-interface model folder (`vlm train clip` output, "
+                   "a CLIPModel), or a shipped model / parts folder that carries one in clip/ (default: %(default)s)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
     p.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=None,
                    help="CLIP folders: average each image with its mirror image (default: what lit.json says)")
@@ -274,8 +273,8 @@ def _retrieval(args) -> dict:
     from vlm.eval.retrieval_task import evaluate_retrieval
 
     return evaluate_retrieval(args.data, args.vision, _out(args), limit=args.limit, batch_size=args.batch_size,
-                              dtype=_torch_dtype(args.dtype), fresh=args.fresh, progress=not args.no_progress,
-                              flip_average=args.flip_average)
+                              dtype=_torch_dtype(args.dtype), progress=not args.no_progress,
+                              flip_average=args.flip_average)  # one matrix: always recomputed, --fresh or not
 
 
 # ------------------------------------------------------------------------------------------- summary

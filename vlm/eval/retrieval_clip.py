@@ -1,13 +1,13 @@
 """Embedding images and texts with a CLIP-interface model folder (``VisionTextDualEncoderModel``, ``CLIPModel``,
-anything ``AutoModel`` loads with ``get_image_features`` and ``get_text_features``), for retrieval and
-zero-shot evaluation.
+anything ``AutoModel`` loads with ``get_image_features`` and ``get_text_features``) or a compact CLIP over a
+registered tower (:mod:`vlm.clip_parts`), for retrieval and zero-shot evaluation.
 
-Contract: :func:`is_dual_encoder` tells such a folder from a stage-0 tower folder by the class its config
-maps to (no model names). :class:`ClipEmbedder` loads the model, its tokenizer and image statistics from the
-folder and returns unit vectors. Images are preprocessed as stage-0 retrieval does
-(:func:`vlm.eval.retrieval.preprocess_images`: padded to square, bicubic to the tower's input size), so
-figures compare; with ``flip_average`` (default: what the folder's ``lit.json`` says, else off) each image's
-features are averaged with those of its mirror image before normalising.
+Contract: :func:`is_dual_encoder` tells such a folder from any other (a vision tower alone, a llava model) by
+the class its config maps to (no model names). :class:`ClipEmbedder` loads the model, its tokenizer and image
+statistics from the folder and returns unit vectors. Images are preprocessed as
+:func:`vlm.eval.retrieval.preprocess_images` does (padded to square, bicubic to the tower's input size), so
+figures compare across models; with ``flip_average`` (default: what the folder's ``lit.json`` says, else off)
+each image's features are averaged with those of its mirror image before normalising.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-LIT_FILE = "lit.json"  # written beside a LiT-trained model by train.lit.export
+from vlm.clip_parts import LIT_FILE  # written beside a LiT-trained model (stock or compact)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -53,14 +54,25 @@ class ClipEmbedder:
     def __init__(self, folder: str | os.PathLike, dtype: torch.dtype = torch.float32, flip_average: bool | None = None):
         from transformers import AutoModel, AutoTokenizer
 
+        from vlm import clip_parts
+        from vlm.errors import ModelNotFoundError
         from vlm.vision import image_statistics
 
         self.folder = Path(folder)
-        self.model = AutoModel.from_pretrained(self.folder, dtype=dtype).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        if clip_parts.is_clip_parts(self.folder):
+            self.model, processor = clip_parts.load_clip_parts(self.folder, dtype)
+            self.tokenizer = processor.tokenizer
+            stats = image_statistics(self.folder / clip_parts.PROCESSOR)
+        elif is_dual_encoder(self.folder):
+            self.model = AutoModel.from_pretrained(self.folder, dtype=dtype).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
+            stats = image_statistics(self.folder)
+        else:
+            raise ModelNotFoundError(f"{folder} is not a CLIP folder (a model with get_image_features and "
+                                     "get_text_features, such as `vlm train clip` writes, or a compact CLIP with "
+                                     f"{clip_parts.MANIFEST})")
         lit = json.loads((self.folder / LIT_FILE).read_text()) if (self.folder / LIT_FILE).is_file() else {}
         self.flip_average = bool(lit.get("flip_average", False)) if flip_average is None else flip_average
-        stats = image_statistics(self.folder)
         self.mean = stats.get("image_mean", IMAGENET_MEAN)
         self.std = stats.get("image_std", IMAGENET_STD)
         self.size = self.model.config.vision_config.image_size
