@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from vlm.hardware import cpu_flags
+
 
 def median(xs: list[float]) -> float:
     s = sorted(xs)
@@ -31,16 +33,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def copy_bandwidth(mib: int = 1024, repeats: int = 5) -> float:

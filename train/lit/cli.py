@@ -34,6 +34,8 @@ _HELP = {
     "eval_every": "steps between dev evaluations (0: every epoch)",
     "save_every": "steps between checkpoints (0: at each evaluation)",
     "resume": "continue from the latest checkpoint in --out-dir",
+    "bf16": "autocast the trained towers to bf16 (none: where bf16 is fast: AMX CPUs, bf16 GPUs)",
+    "feature_bf16": "compute the cached image tower outputs under bf16 (none: where bf16 is fast)",
     "threads": "torch threads (on a busy shared CPU, fewer avoids oversubscription)",
 }
 

@@ -184,9 +184,10 @@ def train(cfg: LitConfig, log=_print) -> dict:
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     else:
         checkpoint.remove_partial(out)
+    device = _device(cfg)
+    cfg = cfg.resolved(device)
     (out / "lit_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     AcceleratorState._reset_state()
-    device = _device(cfg)
     accelerator = Accelerator(cpu=device.type == "cpu")
     t_setup = time.time()
     data = Path(cfg.data_dir)
