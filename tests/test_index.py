@@ -199,3 +199,27 @@ def test_a_crash_during_add_keeps_what_was_there(clip, tiny_clip_dir, photo_dir,
         assert index.search(files[2], k=1)[0].path == str(files[2])
         resumed = index.add(files[:24], batch_size=4)                 # adding again embeds only what is missing
         assert len(resumed.added) == 8 and len(resumed.present) == 16 and len(index) == 24
+
+
+def test_ask_index_shows_the_found_images_and_cites_them(tiny_vlm, tiny_clip_dir, clip, photo_dir, tmp_path):
+    from vlm import VLM, InputError
+    from vlm.index import ImageIndex
+
+    m = VLM(tiny_vlm.model, tiny_vlm.processor, clip=tiny_clip_dir)
+    with ImageIndex.open(tmp_path / "ix", clip, create=True) as index:
+        index.add(photos(photo_dir)[:6], metadata={"set": "a"})
+        want = index.search("What is the dog doing?", k=2)
+        answer = m.ask_index(index, "What is the dog doing?", k=2, max_new_tokens=4)
+        assert [h.path for h in answer.sources] == [h.path for h in want]
+        assert isinstance(answer.text, str) and "[2] " + want[1].path in str(answer)
+        # the same answer as asking with the two images by hand (several images in one chat turn)
+        content = [{"type": "text", "text": "Image 1:"}, {"type": "image", "image": want[0].path},
+                   {"type": "text", "text": "Image 2:"}, {"type": "image", "image": want[1].path},
+                   {"type": "text", "text": "What is the dog doing?"}]
+        assert m.chat([{"role": "user", "content": content}], max_new_tokens=4) == answer.text
+        with pytest.raises(InputError, match="no images matching"):
+            m.ask_index(index, "a dog", filter='meta["set"] == "b"')
+        with pytest.raises(InputError, match="k must be"):
+            m.ask_index(index, "a dog", k=99)
+    again = m.ask_index(tmp_path / "ix", "What is the dog doing?", k=2, max_new_tokens=4)  # a folder works too
+    assert again.text == answer.text

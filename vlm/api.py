@@ -1,5 +1,5 @@
 """The Python API: ``VLM.build / load / save / ask / ask_batch / stream / chat / info``, and the CLIP's uses
-``embed_images / embed_texts / classify`` (:mod:`vlm.clip`).
+``embed_images / embed_texts / classify / ask_index`` (:mod:`vlm.clip`, :mod:`vlm.index`).
 
 The CLIP belongs to the model: ``VLM.load(path)`` uses the ``clip/`` subfolder the model folder carries, if any;
 ``clip=PATH`` (any CLIP folder :meth:`vlm.clip.Clip.load` reads, or a loaded ``Clip``) gives or overrides it;
@@ -175,6 +175,28 @@ class VLM:
         from .clip import DEFAULT_TEMPLATE
 
         return self.clip.classify(image, labels, template or DEFAULT_TEMPLATE, templates)
+
+    def ask_index(self, index, question: str, k: int = 3, filter: str | None = None, options=None, **gen):
+        """Answer ``question`` about the ``k`` images of ``index`` (an :class:`vlm.index.ImageIndex`, or its
+        folder, opened with this model's CLIP) most similar to it: they are shown to the model as "Image 1:"
+        ... "Image k:" before the question. Returns :class:`vlm.index.IndexAnswer` (``text``, ``sources``: the
+        hits, in the order shown; ``str()`` of it cites them)."""
+        from .errors import InputError
+        from .index import ImageIndex, IndexAnswer
+
+        if not 1 <= k <= self.limits.max_images:
+            raise InputError(f"k must be in 1..{self.limits.max_images} (images per request), got {k}")
+        if not isinstance(index, ImageIndex):
+            with ImageIndex.open(index, self.clip) as opened:
+                return self.ask_index(opened, question, k, filter, options, **gen)
+        hits = index.search(question, k=k, filter=filter)
+        if not hits:
+            raise InputError(f"the index at {index.folder} has no images{' matching the filter' if filter else ''}")
+        content = []
+        for i, hit in enumerate(hits, 1):
+            content += [{"type": "text", "text": f"Image {i}:"}, {"type": "image", "image": hit.path}]
+        content.append({"type": "text", "text": question})
+        return IndexAnswer(self.chat([{"role": "user", "content": content}], options, **gen), hits)
 
     # -- documents ----------------------------------------------------------------------------
     def extract(self, source, fields=None, schema=None, pages=None, template=None, **gen):

@@ -101,6 +101,18 @@ class AddReport:
         return f"{len(self.added)} added, {len(self.present)} already indexed, {len(self.failed)} unreadable"
 
 
+@dataclass(frozen=True)
+class IndexAnswer:
+    """What :meth:`vlm.VLM.ask_index` returns: the answer and the images it was given, in the order it saw
+    them ("Image 1", "Image 2", ...)."""
+    text: str
+    sources: list[Hit]
+
+    def __str__(self) -> str:
+        cited = "\n".join(f"[{i}] {h.path}" for i, h in enumerate(self.sources, 1))
+        return f"{self.text}\n\nImages used:\n{cited}"
+
+
 def image_files(sources: Iterable[str | os.PathLike] | str | os.PathLike) -> list[Path]:
     """Files named directly, plus image files (by extension) anywhere under named folders; absolute, in order,
     without repeats. A source that does not exist raises ``FileNotFoundError``."""
@@ -164,7 +176,6 @@ class ImageIndex:
         :class:`vlm.clip.Clip`, a CLIP folder, or a ``VLM`` (its CLIP). ``uri``: a Milvus server instead of
         the embedded file (kept in the manifest)."""
         folder = Path(folder).expanduser()
-        clip = _as_clip(clip)
         manifest_file = folder / MANIFEST
         if not manifest_file.is_file():
             if not create:
@@ -173,7 +184,8 @@ class ImageIndex:
             if folder.exists() and any(folder.iterdir()):
                 raise IndexCorruptError(f"{folder} exists and is not an image index (no {MANIFEST}); "
                                         "choose an empty or new folder")
-            return cls._create(folder, clip, uri)
+            return cls._create(folder, _as_clip(clip), uri)
+        clip = _as_clip(clip)
         manifest = cls._read_manifest(folder)
         client = cls._connect(folder, manifest)
         client.load_collection(manifest["collection"])  # a reopened store starts released
