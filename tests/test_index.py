@@ -136,6 +136,8 @@ def test_index_persists_and_refuses_another_clip(clip, photo_dir, tmp_path):
     other = Clip.load(write_tiny_clip(tmp_path / "other-clip", seed=5))
     with pytest.raises(IndexCorruptError, match="another CLIP"):
         ImageIndex.open(tmp_path / "ix", other)
+    with ImageIndex.open(tmp_path / "ix", clip) as index:  # the failed open released the store
+        assert len(index) == 6
 
 
 def test_missing_and_corrupt_indexes_say_so(clip, photo_dir, tmp_path):
@@ -161,6 +163,11 @@ def test_missing_and_corrupt_indexes_say_so(clip, photo_dir, tmp_path):
     shutil.rmtree(bad / "vectors.db")
     with pytest.raises(IndexCorruptError, match="missing"):
         ImageIndex.open(bad, clip)
+    # a creation interrupted before its manifest was written leaves only the store: creating again works
+    (bad / MANIFEST).unlink()
+    shutil.copytree(tmp_path / "ix" / "vectors.db", bad / "vectors.db")
+    with ImageIndex.open(bad, clip, create=True) as index:
+        assert len(index) == 0
 
 
 CRASHING_ADD = textwrap.dedent("""

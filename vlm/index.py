@@ -181,16 +181,23 @@ class ImageIndex:
             if not create:
                 raise IndexNotFoundError(f"no image index at {folder} ({MANIFEST} missing); make one with "
                                          f"`vlm index add DIR --db {folder}` or ImageIndex.open(..., create=True)")
-            if folder.exists() and any(folder.iterdir()):
+            leftovers = {p.name for p in folder.iterdir()} - {DB, MANIFEST + ".tmp"} if folder.is_dir() else set()
+            if leftovers or (folder.exists() and not folder.is_dir()):  # (DB alone: an interrupted creation)
                 raise IndexCorruptError(f"{folder} exists and is not an image index (no {MANIFEST}); "
                                         "choose an empty or new folder")
             return cls._create(folder, _as_clip(clip), uri)
         clip = _as_clip(clip)
         manifest = cls._read_manifest(folder)
-        client = cls._connect(folder, manifest)
-        client.load_collection(manifest["collection"])  # a reopened store starts released
-        index = cls(folder, clip, client, manifest)
-        index._check_clip()
+        index = cls(folder, clip, cls._connect(folder, manifest), manifest)
+        try:
+            if not index._client.has_collection(manifest["collection"]):
+                raise IndexCorruptError(f"{folder}: the vector store holds no collection {manifest['collection']!r}; "
+                                        "rebuild the index")
+            index._client.load_collection(manifest["collection"])  # a reopened store starts released
+            index._check_clip()
+        except BaseException:
+            index.close()  # release the store (and its lock) before reporting
+            raise
         return index
 
     @classmethod
@@ -200,10 +207,12 @@ class ImageIndex:
         folder.mkdir(parents=True, exist_ok=True)
         manifest = {"format": FORMAT, "store": "milvus" if uri else "milvus-lite", "uri": uri,
                     "collection": COLLECTION, "dim": clip.dim, "metric": "IP", "index_type": "FLAT",
-                    "clip": str(clip.folder) if clip.folder else None, "probe": _probe(clip)}
+                    "clip": str(clip.folder.resolve()) if clip.folder else None, "probe": _probe(clip)}
         client = cls._connect(folder, manifest, creating=True)
         if client.has_collection(COLLECTION):
-            raise IndexCorruptError(f"{uri or folder} already holds a collection {COLLECTION!r} not made by this index")
+            if uri:
+                raise IndexCorruptError(f"{uri} already holds a collection {COLLECTION!r} not made by this index")
+            client.drop_collection(COLLECTION)  # left by a creation interrupted before the manifest was written
         schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
         schema.add_field("path", DataType.VARCHAR, max_length=MAX_PATH)
@@ -247,9 +256,6 @@ class ImageIndex:
             client = MilvusClient(uri)
             if not manifest.get("uri"):
                 _OPEN[uri] = _OPEN.get(uri, 0) + 1
-            if not creating and not client.has_collection(manifest["collection"]):
-                raise IndexCorruptError(f"{folder}: the vector store holds no collection {manifest['collection']!r}; "
-                                        "rebuild the index")
             return client
         except IndexCorruptError:
             raise
