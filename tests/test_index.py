@@ -230,3 +230,32 @@ def test_ask_index_shows_the_found_images_and_cites_them(tiny_vlm, tiny_clip_dir
             m.ask_index(index, "a dog", k=99)
     again = m.ask_index(tmp_path / "ix", "What is the dog doing?", k=2, max_new_tokens=4)  # a folder works too
     assert again.text == answer.text
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from vlm.index import ImageIndex
+    index = ImageIndex.open(sys.argv[2], sys.argv[1])
+    print("ready", flush=True)
+    time.sleep(120)
+""")
+
+
+def test_an_index_open_in_another_process_is_named(clip, tiny_clip_dir, photo_dir, tmp_path):
+    from vlm.index import ImageIndex, IndexCorruptError
+
+    with ImageIndex.open(tmp_path / "ix", clip, create=True) as index:
+        index.add(photos(photo_dir)[:2])
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tiny_clip_dir), str(tmp_path / "ix")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(IndexCorruptError, match="open in another process"):
+            ImageIndex.open(tmp_path / "ix", clip)
+    finally:
+        holder.kill()
+        holder.wait()
+    with ImageIndex.open(tmp_path / "ix", clip) as index:  # free again once that process is gone
+        assert len(index) == 2
