@@ -42,8 +42,8 @@ COMPACT_MANIFEST = "clip_parts.json"
 DEFAULT_TEMPLATE = "a photo of {}."
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-HOW_TO_GET = ("train one with `vlm train clip` (writes a VisionTextDualEncoderModel folder), or use any "
-              "CLIPModel folder")
+HOW_TO_GET = ("give a CLIP folder (`--clip PATH`, `clip=PATH`): train one with `vlm train clip` (writes a "
+              "VisionTextDualEncoderModel folder), or use any CLIPModel folder")
 
 
 class ClipNotFoundError(ModelNotFoundError):
