@@ -16,6 +16,10 @@ Measured per store and size:
   add 1k s    adding 1,000 more vectors to the built store, persisted, until they are searchable
   found       whether each of 20 of those new vectors comes back as its own top-1 right after the add
 
+Needs, besides the ``[index]`` extra (pymilvus, milvus-lite, faiss-cpu), the stores compared against it, which
+are not project dependencies: ``pip install lancedb qdrant-client`` (measured: lancedb 0.40.0,
+qdrant-client 1.20.0, faiss-cpu 1.15.1, pymilvus 2.6.2, milvus-lite 3.2.2).
+
 Usage (niced, one core; prints a markdown table, and JSON lines with --json):
     python bench/vector_stores.py [--sizes 100000,1000000] [--stores faiss,milvus,lancedb,qdrant]
                                   [--dim 256] [--queries 200] [--k 10] [--timeout 1800] [--workdir DIR]
