@@ -1,4 +1,10 @@
-"""The Python API: ``VLM.build / load / save / ask / ask_batch / stream / chat / info``."""
+"""The Python API: ``VLM.build / load / save / ask / ask_batch / stream / chat / info``, and the CLIP's uses
+``embed_images / embed_texts / classify / ask_index`` (:mod:`vlm.clip`, :mod:`vlm.index`).
+
+The CLIP belongs to the model: ``VLM.load(path)`` uses the ``clip/`` subfolder the model folder carries, if any;
+``clip=PATH`` (any CLIP folder :meth:`vlm.clip.Clip.load` reads, or a loaded ``Clip``) gives or overrides it;
+``clip=False`` means none. It is loaded on first use; a CLIP method without one raises
+:class:`vlm.clip.ClipNotFoundError` saying how to get one."""
 from __future__ import annotations
 
 import os
@@ -32,14 +38,30 @@ def as_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}") from None
 
 
+CLIP_FOLDER = "clip"  # where a model folder carries its CLIP (vlm.clip.CLIP_FOLDER)
+
+
+def _carried_clip(name_or_path) -> Path | None:
+    """The ``clip/`` subfolder of a model folder or shipped model, if it has one."""
+    from .registry import ASSETS, shipped_models
+
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir() and str(name_or_path) in shipped_models():
+        path = ASSETS / str(name_or_path)
+    return path / CLIP_FOLDER if (path / CLIP_FOLDER).is_dir() else None
+
+
 class VLM:
     """A llava model with its processor, plus the input checks and generation loop around them."""
 
-    def __init__(self, model, processor, *, name: str | None = None, limits: InputLimits | None = None):
+    def __init__(self, model, processor, *, name: str | None = None, limits: InputLimits | None = None,
+                 clip=None):
         self.model = model
         self.processor = processor
         self.name = name or "vlm"
         self.limits = limits or InputLimits()
+        self._clip_source = clip  # a folder, a loaded Clip, or None/False (none)
+        self._clip = None
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -56,12 +78,17 @@ class VLM:
     def load(cls, name_or_path: str | os.PathLike = "vlm-tiny", dtype=None, levers="default", **kw) -> "VLM":
         """Load a registered name, a saved vlm/llava folder, or an unmerged LoRA adapter folder.
 
+        ``clip``: the CLIP for ``embed_images / embed_texts / classify`` (default: the ``clip/`` subfolder the
+        model folder carries, if any; ``False``: none).
+
         ``levers``: CPU inference levers applied after loading (``vlm.optimize``): ``"default"`` = the
         output-preserving ones measured to help, a spec such as ``"int8+reuse"``, an ``InferenceOptions``,
         or ``None`` for the plain transformers model.
         """
         model, processor = resolve_model(name_or_path, as_dtype(dtype))
         kw.setdefault("name", str(name_or_path))
+        if kw.get("clip") is None:
+            kw["clip"] = _carried_clip(name_or_path)
         vlm = cls(model, processor, **kw)
         if levers is not None:
             from .optimize import apply, parse_levers
@@ -75,6 +102,8 @@ class VLM:
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(path, safe_serialization=True)
         self.processor.save_pretrained(path)
+        if self._clip_source:
+            self.clip.save(path / CLIP_FOLDER)  # the model keeps its CLIP
         return path
 
     def optimize(self, options=None, **levers) -> "VLM":
@@ -115,6 +144,59 @@ class VLM:
 
     def stream(self, image: ImageInput | None, question: str, options=None, cancel=None, **gen) -> Iterator[str]:
         return self.chat_stream(user_turn(image, question), options, cancel, **gen)
+
+    # -- the CLIP's uses ---------------------------------------------------------------------------
+    @property
+    def clip(self):
+        """The model's CLIP (:class:`vlm.clip.Clip`), loaded on first use."""
+        if self._clip is None:
+            from .clip import Clip, ClipNotFoundError, HOW_TO_GET
+
+            source = self._clip_source
+            if source is None or source is False:
+                raise ClipNotFoundError(
+                    f"model {self.name!r} has no CLIP (its folder carries no {CLIP_FOLDER}/ subfolder); pass one "
+                    f"with VLM.load(..., clip=PATH) or put it in the model folder as {CLIP_FOLDER}/; {HOW_TO_GET}")
+            self._clip = source if isinstance(source, Clip) else Clip.load(source)
+        return self._clip
+
+    def embed_images(self, images, batch_size: int = 32) -> torch.Tensor:
+        """(N, D) float32 unit vectors of images (one or a sequence) from the model's CLIP."""
+        return self.clip.embed_images(images, batch_size)
+
+    def embed_texts(self, texts, batch_size: int = 256) -> torch.Tensor:
+        """(N, D) float32 unit vectors of texts (one or a sequence) from the model's CLIP, comparable with
+        :meth:`embed_images` by dot product."""
+        return self.clip.embed_texts(texts, batch_size)
+
+    def classify(self, image: ImageInput, labels, template: str | None = None, templates=None) -> list[tuple[str, float]]:
+        """Zero-shot: ``(label, probability)`` for each label, best first (``template``: e.g. "a photo of {}.";
+        ``templates``: several, averaged). See :meth:`vlm.clip.Clip.classify`."""
+        from .clip import DEFAULT_TEMPLATE
+
+        return self.clip.classify(image, labels, template or DEFAULT_TEMPLATE, templates)
+
+    def ask_index(self, index, question: str, k: int = 3, filter: str | None = None, options=None, **gen):
+        """Answer ``question`` about the ``k`` images of ``index`` (an :class:`vlm.index.ImageIndex`, or its
+        folder, opened with this model's CLIP) most similar to it: they are shown to the model as "Image 1:"
+        ... "Image k:" before the question. Returns :class:`vlm.index.IndexAnswer` (``text``, ``sources``: the
+        hits, in the order shown; ``str()`` of it cites them)."""
+        from .errors import InputError
+        from .index import ImageIndex, IndexAnswer
+
+        if not 1 <= k <= self.limits.max_images:
+            raise InputError(f"k must be in 1..{self.limits.max_images} (images per request), got {k}")
+        if not isinstance(index, ImageIndex):
+            with ImageIndex.open(index, self.clip) as opened:
+                return self.ask_index(opened, question, k, filter, options, **gen)
+        hits = index.search(question, k=k, filter=filter)
+        if not hits:
+            raise InputError(f"the index at {index.folder} has no images{' matching the filter' if filter else ''}")
+        content = []
+        for i, hit in enumerate(hits, 1):
+            content += [{"type": "text", "text": f"Image {i}:"}, {"type": "image", "image": hit.path}]
+        content.append({"type": "text", "text": question})
+        return IndexAnswer(self.chat([{"role": "user", "content": content}], options, **gen), hits)
 
     # -- documents ----------------------------------------------------------------------------
     def extract(self, source, fields=None, schema=None, pages=None, template=None, **gen):

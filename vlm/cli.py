@@ -15,6 +15,8 @@ COMMANDS: dict[str, str] = {
     "eval": "vlm.commands.eval",
     "extract": "vlm.commands.extract",
     "ocr": "vlm.commands.ocr",
+    "classify": "vlm.commands.classify",
+    "index": "vlm.commands.index",
     "export": "train.export",
     "train": "train.cli",
     "serve": "vlm.commands.serve",
