@@ -58,7 +58,7 @@ def test_compact_clip_stores_no_tower_and_composes_the_stock_model(lit_folder, t
     from transformers import AutoTokenizer, Dinov2Model, VisionTextDualEncoderModel
 
     from vlm.clip_parts import load_clip_parts
-    from vlm.eval.retrieval_clip import is_dual_encoder
+    from vlm.clip import is_clip_folder
 
     compact = tmp_path / "compact"
     assert main(["export", "--format", "clip-parts", "--model", str(lit_folder), "--out", str(compact)]) == 0
@@ -72,7 +72,7 @@ def test_compact_clip_stores_no_tower_and_composes_the_stock_model(lit_folder, t
     assert stored and not [k for k in stored if "vision" in k and k != "visual_projection.weight"]
     assert set(load_file(str(compact / "projections.safetensors"))) == {
         "visual_projection.weight", "text_projection.weight", "logit_scale"}
-    assert not is_dual_encoder(compact)  # no config.json: nothing loads it as a model with a random tower
+    assert not (compact / "config.json").exists()  # nothing loads it as a model with a random tower
     assert (compact / "lit.json").read_text() == (lit_folder / "lit.json").read_text()
 
     stock = VisionTextDualEncoderModel.from_pretrained(lit_folder)
@@ -89,7 +89,7 @@ def test_compact_clip_stores_no_tower_and_composes_the_stock_model(lit_folder, t
     assert main(["export", "--format", "clip", "--model", str(compact), "--out", str(plain)]) == 0
     again = VisionTextDualEncoderModel.from_pretrained(plain)
     assert all(torch.equal(want[k], v) for k, v in _state(again).items()) and want.keys() == _state(again).keys()
-    assert is_dual_encoder(plain) and (plain / "lit.json").is_file()
+    assert is_clip_folder(plain) and (plain / "lit.json").is_file()
     assert AutoTokenizer.from_pretrained(plain)(texts)["input_ids"] == processor(text=texts)["input_ids"]
 
 
@@ -155,4 +155,4 @@ def test_eval_retrieval_reads_a_compact_clip_and_a_parts_folder_carrying_one(lit
     (tmp_path / "bare" / "vlm_parts.json").write_text(json.dumps({"format": 2}))
     assert main(["eval", "retrieval", "--data", str(dev), "--vision", str(tmp_path / "bare"),
                  "--out", str(tmp_path / "o")]) == 2
-    assert "carries no CLIP (clip/)" in capsys.readouterr().err
+    assert "holds no CLIP" in capsys.readouterr().err

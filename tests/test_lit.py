@@ -290,13 +290,13 @@ def test_eval_retrieval_on_a_dual_encoder_matches_training(tiny_tower, data_dir,
     """The stock-class evaluation (real pixels through get_image_features) reproduces the training loop's
     dev figures (cached features), and a CLIP folder also gets the zero-shot check."""
     from train.lit.loop import train
-    from vlm.eval.retrieval_clip import is_dual_encoder
+    from vlm.clip import is_clip_folder
     from vlm.eval.retrieval_task import evaluate_retrieval
 
     summary = train(tiny_config(data_dir, tiny_tower, tmp_path / "run", max_steps=3, dev_limit=40),
                     log=lambda *a: None)
     folder = summary["model_folder"]
-    assert is_dual_encoder(folder) and not is_dual_encoder(tiny_tower)
+    assert is_clip_folder(folder) and not is_clip_folder(tiny_tower)
     report = evaluate_retrieval(data_dir / "flickr8k" / "dev.jsonl", folder, tmp_path / "eval", limit=40,
                                 progress=False)
     clip = report["systems"]["clip"]

@@ -83,10 +83,11 @@ def export_clip_parts(model_dir, out, base_vision: str | None = None, dtype: str
     from transformers import VisionTextDualEncoderModel, VisionTextDualEncoderProcessor
 
     from vlm.clip_parts import DTYPES, LIT_FILE, save_clip_parts
-    from vlm.eval.retrieval_clip import is_dual_encoder
+    from vlm.clip import is_clip_folder
+    from vlm.clip_parts import is_clip_parts
 
     model_dir = Path(model_dir)
-    if not is_dual_encoder(model_dir):
+    if not is_clip_folder(model_dir) or is_clip_parts(model_dir):
         raise ValueError(f"{model_dir} is not a CLIP folder (`vlm train clip` output)")
     lit = json.loads((model_dir / LIT_FILE).read_text()) if (model_dir / LIT_FILE).is_file() else None
     base_vision = base_vision or (lit or {}).get("vision")
@@ -100,9 +101,9 @@ def export_clip_parts(model_dir, out, base_vision: str | None = None, dtype: str
 def export_clip(model_dir, out) -> Path:
     """A compact CLIP (or a parts folder's ``clip/``) -> a plain ``VisionTextDualEncoderModel`` folder."""
     from vlm.clip_parts import MANIFEST, is_clip_parts, save_stock
-    from vlm.registry import clip_folder
+    from vlm.clip import find_clip
 
-    folder = clip_folder(model_dir)
+    folder = find_clip(model_dir)
     if not is_clip_parts(folder):
         raise ValueError(f"{folder} is not a compact CLIP folder (no {MANIFEST})")
     return save_stock(folder, out)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from . import compose, generation
+from .clip import CLIP_FOLDER
 from .config import GenerationOptions, InputLimits
 from .images import ImageInput
 from .messages import normalise, user_turn
@@ -38,17 +39,12 @@ def as_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}") from None
 
 
-CLIP_FOLDER = "clip"  # where a model folder carries its CLIP (vlm.clip.CLIP_FOLDER)
-
-
 def _carried_clip(name_or_path) -> Path | None:
     """The ``clip/`` subfolder of a model folder or shipped model, if it has one."""
-    from .registry import ASSETS, shipped_models
+    from .registry import model_path
 
-    path = Path(name_or_path).expanduser()
-    if not path.is_dir() and str(name_or_path) in shipped_models():
-        path = ASSETS / str(name_or_path)
-    return path / CLIP_FOLDER if (path / CLIP_FOLDER).is_dir() else None
+    folder = model_path(name_or_path) / CLIP_FOLDER
+    return folder if folder.is_dir() else None
 
 
 class VLM:

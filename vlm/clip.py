@@ -12,7 +12,7 @@ Contract of :class:`Clip`:
   how to get a CLIP.
 * Images are anything :func:`vlm.images.load_image` takes (path, ``PIL.Image``, bytes, ``data:`` URL), checked
   and made RGB as for chat; then padded to square with the mean colour and resized bicubically to the
-  tower's input size (:func:`preprocess`, the same pixels as :func:`vlm.eval.retrieval.preprocess_images`, so
+  tower's input size (:func:`preprocess`, the pixels every retrieval figure of vlm was measured on, so
   figures compare with ``vlm eval retrieval``). With ``flip_average`` (default: the folder's ``lit.json``, else
   off) an image's features are averaged with its mirror image's before normalising.
 * :meth:`embed_images` / :meth:`embed_texts` return ``(N, D)`` float32 unit vectors, batched. A text longer
@@ -73,11 +73,9 @@ def is_clip_folder(folder: str | os.PathLike) -> bool:
 def find_clip(name_or_path: str | os.PathLike) -> Path:
     """The CLIP folder of ``name_or_path``: the folder itself, or its ``clip/`` subfolder (also for a shipped
     model name). Raises :class:`ClipNotFoundError` when there is none."""
-    from .registry import ASSETS, shipped_models
+    from .registry import model_path
 
-    path = Path(name_or_path).expanduser()
-    if not path.is_dir() and str(name_or_path) in shipped_models():
-        path = ASSETS / str(name_or_path)
+    path = model_path(name_or_path)
     if not path.is_dir():
         raise ClipNotFoundError(f"CLIP folder not found: {path}; {HOW_TO_GET}")
     for candidate in (path, path / CLIP_FOLDER):
@@ -249,4 +247,4 @@ class Clip:
 
     def describe(self) -> str:
         return (f"{type(self.model).__name__} ({self.size} px, {self.dim}-d"
-                f"{', flip-averaged' if self.flip_average else ''}) from {self.folder}")
+                f"{', flip-averaged' if self.flip_average else ''})")

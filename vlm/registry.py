@@ -3,8 +3,8 @@
 A name is looked up among the models shipped with vlm (``vlm/assets/<name>``); a folder is read by its
 contents: ``adapter_config.json`` means an unmerged LoRA adapter, ``vlm_parts.json`` a parts folder
 (projector + adapter, and the tower unless it is a registered one, over a registered base LLM), ``config.json`` with ``model_type: llava`` a
-plain llava checkpoint. Nothing depends on how a folder is named. :func:`clip_folder` finds the CLIP a
-parts folder carries (``clip/``), for retrieval.
+plain llava checkpoint. Nothing depends on how a folder is named. A model folder may carry its CLIP in
+``clip/`` (:func:`vlm.clip.find_clip`).
 """
 from __future__ import annotations
 
@@ -23,11 +23,17 @@ def shipped_models() -> list[str]:
     return sorted(p.name for p in ASSETS.iterdir() if p.is_dir()) if ASSETS.is_dir() else []
 
 
-def resolve_model(name_or_path: str | os.PathLike, dtype: torch.dtype):
-    tried = []
+def model_path(name_or_path: str | os.PathLike) -> Path:
+    """The folder a shipped name stands for (an existing folder of that name wins), else the path itself."""
     path = Path(name_or_path).expanduser()
     if not path.is_dir() and str(name_or_path) in shipped_models():
         path = ASSETS / str(name_or_path)
+    return path
+
+
+def resolve_model(name_or_path: str | os.PathLike, dtype: torch.dtype):
+    tried = []
+    path = model_path(name_or_path)
     tried.append(str(path))
     if path.is_dir():
         if (path / "adapter_config.json").exists():
@@ -46,17 +52,3 @@ def resolve_model(name_or_path: str | os.PathLike, dtype: torch.dtype):
     shipped = ", ".join(shipped_models()) or "none yet"
     raise ModelNotFoundError(f"model {str(name_or_path)!r} not found (tried folder {tried[0]}; shipped models: {shipped})")
 
-
-CLIP_FOLDER = "clip"  # where a parts folder carries its CLIP
-
-
-def clip_folder(name_or_path: str | os.PathLike) -> Path:
-    """The CLIP of a shipped name or a parts folder (its ``clip/`` subfolder), else the folder itself."""
-    path = Path(name_or_path).expanduser()
-    if not path.is_dir() and str(name_or_path) in shipped_models():
-        path = ASSETS / str(name_or_path)
-    if (path / "vlm_parts.json").is_file():
-        if not (path / CLIP_FOLDER).is_dir():
-            raise ModelNotFoundError(f"{name_or_path} carries no CLIP ({CLIP_FOLDER}/): retrieval needs a CLIP folder")
-        return path / CLIP_FOLDER
-    return path

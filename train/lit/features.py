@@ -8,7 +8,7 @@ Contract:
   the same tower truncated to ``l`` layers: see :func:`vlm.vision.truncate`) and the mean of that
   layer's patch tokens through the same norm (``mean[:, l-1]``). Shapes (N, layers, hidden), float32.
 - :func:`cached_outputs` does that for a list of image files, mirrored or not, through the evaluation's
-  preprocessing (:func:`vlm.eval.retrieval.preprocess_images`), and keeps the result under
+  preprocessing (:func:`vlm.clip.preprocess`), and keeps the result under
   ``<cache_dir>/<key>.safetensors``. The key hashes the tower's weights and config, the preprocessing, the
   image paths and the view, so a different tower or image list never reuses an entry. Work is saved in
   parts of ``part_size`` images, so an interrupted run continues where it stopped.
@@ -72,10 +72,10 @@ def cache_key(fingerprint: str, paths: Sequence[str], flip: bool, bf16: bool) ->
 def load_pixels(paths: Sequence[str], size: int, mean: Sequence[float], std: Sequence[float],
                 flip: bool = False) -> torch.Tensor:
     """Preprocessed pixels of image files (the evaluation's preprocessing), mirrored when ``flip``."""
-    from vlm.eval.retrieval import preprocess_images
+    from vlm.clip import preprocess
     from vlm.images import load_image
 
-    pixels = preprocess_images([load_image(p) for p in paths], size, mean, std)
+    pixels = preprocess([load_image(p) for p in paths], size, mean, std)
     return pixels.flip(-1) if flip else pixels
 
 

@@ -1,9 +1,7 @@
-"""Image-text retrieval helpers: recall@K and its chance level, the image preprocessing every retrieval
-evaluation shares, and an LLM's pooled hidden states of captions.
+"""Image-text retrieval helpers: recall@K and its chance level, and an LLM's pooled hidden states of captions.
 
 :func:`recall_at_k` scores a similarity matrix (the protocol of ``vlm eval retrieval`` and of LiT's dev
-selection); :func:`preprocess_images` pads to square and resizes bicubically, as the llava processor does, so
-figures compare across models; :func:`embed_texts` (with :func:`sif_weights`) pools a frozen LLM's
+selection; images are preprocessed by :func:`vlm.clip.preprocess`); :func:`embed_texts` (with :func:`sif_weights`) pools a frozen LLM's
 ``hidden_states[layer]`` over each caption's tokens (LiT's ``smollm2-frozen`` text side).
 """
 from __future__ import annotations
@@ -127,26 +125,3 @@ def sif_weights(tokenizer, texts: Sequence[str], a: float) -> torch.Tensor:
             counts.index_add_(0, torch.tensor(ids, dtype=torch.long), torch.ones(len(ids), dtype=torch.float64))
     p = counts / counts.sum().clamp_min(1)
     return (a / (a + p)).float()
-
-
-# ------------------------------------------------------------------------------------------------- images
-def preprocess_images(images, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """PIL images -> (N, 3, size, size) normalised float tensor, as the llava processor does for square
-    images (bicubic resize; non-square images are padded to square with the mean colour first)."""
-    import numpy as np
-    from PIL import Image
-
-    arrays = []
-    for im in images:
-        im = im.convert("RGB")
-        if im.width != im.height:
-            side = max(im.size)
-            canvas = Image.new("RGB", (side, side), tuple(int(round(m * 255)) for m in mean))
-            canvas.paste(im, ((side - im.width) // 2, (side - im.height) // 2))
-            im = canvas
-        im = im.resize((size, size), Image.Resampling.BICUBIC)
-        arrays.append(np.asarray(im, dtype=np.float32) / 255.0)
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-    m = torch.tensor(mean).view(1, 3, 1, 1)
-    s = torch.tensor(std).view(1, 3, 1, 1)
-    return (x - m) / s

@@ -1,9 +1,9 @@
 """``vlm eval retrieval``: image<->text recall@1/5/10 of a CLIP-interface model (a LiT-trained
-``VisionTextDualEncoderModel``, a ``CLIPModel``: :mod:`vlm.eval.retrieval_clip`) vs chance, and the zero-shot
+``VisionTextDualEncoderModel``, a ``CLIPModel``, through :class:`vlm.clip.Clip`) vs chance, and the zero-shot
 check of :mod:`vlm.eval.retrieval_zeroshot`.
 
 ``vision`` is a CLIP folder, or a shipped name / parts folder that carries one (see
-:func:`vlm.registry.clip_folder`). Uses :func:`vlm.eval.retrieval.recall_at_k`. Records are
+:func:`vlm.clip.find_clip`). Uses :func:`vlm.eval.retrieval.recall_at_k`. Records are
 ``{"image", "captions": [...]}``; every caption is a text to retrieve. Retrieval is one similarity
 matrix, so it is recomputed on every run (no resume); predictions.jsonl holds, per image, its top-5
 captions and the rank of its best-ranked own caption (0 = first).
@@ -38,24 +38,23 @@ def evaluate_retrieval(data, vision, out, *, limit=None, batch_size: int = 64, d
     from tqdm.auto import tqdm
 
     from vlm.images import load_image
-    from vlm.registry import clip_folder
+    from vlm.clip import Clip, find_clip
 
     from . import retrieval_zeroshot as zs
     from .retrieval import chance_recall, recall_at_k
-    from .retrieval_clip import ClipEmbedder
 
-    folder = clip_folder(vision)
+    folder = find_clip(vision)
     records = load_records(data, ("image", "captions"), limit)
     start = time.perf_counter()
-    clip = ClipEmbedder(folder, dtype or torch.float32, flip_average)
+    clip = Clip.load(folder, dtype or torch.float32, flip_average)
     info = RunInfo("retrieval", str(Path(data).resolve()), str(Path(folder).resolve()),
                    {"dtype": str(clip.dtype), "flip_average": clip.flip_average})
     log = open_run(out, info, fresh=True)  # one matrix: always recomputed
     step = max(batch_size, 1)
-    images = torch.cat([clip.images([load_image(r.image) for r in records[s:s + step]])
+    images = torch.cat([clip.embed_pil([load_image(r.image) for r in records[s:s + step]])
                         for s in tqdm(range(0, len(records), step), desc="images", disable=not progress, leave=False)])
     texts, owner = _flat_captions(records)
-    txt = clip.texts(texts)
+    txt = clip.embed_texts(texts)
     sim = images @ txt.T
     metrics = recall_at_k(sim, owner)
     owner_t = torch.tensor(owner)
@@ -73,7 +72,7 @@ def evaluate_retrieval(data, vision, out, *, limit=None, batch_size: int = 64, d
     chosen = zs.labelled([r.data["captions"] for r in records])
     if chosen:
         names = list(zs.LABELS)
-        prompts = clip.texts([zs.LABELS[n][0] for n in names])
+        prompts = clip.embed_texts([zs.LABELS[n][0] for n in names])
         idx = torch.tensor([i for i, _ in chosen])
         result = zs.score(images[idx], prompts, [n for _, n in chosen], names)
         systems["zero-shot"] = {**result, "note": "top-1 among 10 caption-derived labels, one prompt each "
