@@ -154,4 +154,4 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "unknown system(s) oracle" in capsys.readouterr().err
     caps = _write(tmp_path / "c.jsonl", [{"image": "a.jpg", "captions": ["a cat"]}])
     assert main(["eval", "retrieval", "--data", str(caps), "--vision", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
-    assert "not a CLIP folder" in capsys.readouterr().err
+    assert "holds no CLIP" in capsys.readouterr().err

@@ -134,7 +134,7 @@ def test_training_steps_lower_the_loss(tiny_tower, data_dir, tmp_path):
     from train.lit.data import load_pairs
     from train.lit.loop import build, param_groups
 
-    cfg = tiny_config(data_dir, tiny_tower, tmp_path / "run").validate()
+    cfg = tiny_config(data_dir, tiny_tower, tmp_path / "run").validate().resolved("cpu")
     pairs = {s: load_pairs(data_dir / "flickr8k" / f"{s}.jsonl", 8) for s in ("train", "dev")}
     model, clip, _, _ = build(cfg, tmp_path, pairs, log=lambda m: None)
     assert clip is not None and not any(p.requires_grad for p in clip.vision_model.parameters())

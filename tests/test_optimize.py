@@ -121,7 +121,7 @@ def test_real_float32_path_identical_and_int8_agrees_in_shape(real_vlm, photo):
     assert fp32.ask(photo, q, max_new_tokens=12) == ref
     int8 = apply(twin(real_vlm), InferenceOptions(int8=True))
     answer = int8.ask(photo, q, max_new_tokens=12)
-    assert answer and answer.isprintable()
+    assert answer.strip() and all(c.isprintable() or c.isspace() for c in answer)
     ratio = weight_bytes_per_token(int8.model) / weight_bytes_per_token(real_vlm.model)
     assert 0.24 < ratio < 0.27
 

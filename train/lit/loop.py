@@ -101,7 +101,10 @@ def _frozen_states(cfg: LitConfig, pairs: dict, log) -> dict[str, torch.Tensor]:
 
 
 def build(cfg: LitConfig, out: Path, pairs: dict, log):
-    """(DualEncoder, the stock model or None, tokenizer or None, tower preprocessing)."""
+    """(DualEncoder, the stock model or None, tokenizer or None, tower preprocessing); ``cfg`` is resolved
+    (:meth:`LitConfig.resolved`: bf16 choices made)."""
+    if cfg.bf16 is None or cfg.feature_bf16 is None:
+        raise ValueError("build() needs a resolved LitConfig (cfg.resolved(device)): bf16 is still automatic")
     from vlm.vision import load_vision, truncate
 
     from .model import build_clip, smollm2_token_embeddings, text_config
