@@ -1,5 +1,5 @@
 """Start the real ``vlm serve`` in a subprocess on a free loopback port (shared by tests/test_serve_*.py);
-the launcher itself is ``serve.launch.LocalServer`` (the soak and fuzz commands use it too)."""
+the launcher itself is ``vlm.serve.launch.LocalServer`` (the soak and fuzz commands use it too)."""
 from __future__ import annotations
 
 import base64
@@ -7,7 +7,7 @@ import io
 
 from PIL import Image
 
-from serve.launch import LocalServer as Server, free_port, vlm_command  # noqa: F401
+from vlm.serve.launch import LocalServer as Server, free_port, vlm_command  # noqa: F401
 
 
 def png_data_url(img: Image.Image, fmt: str = "PNG") -> str:

@@ -21,7 +21,7 @@ def write_tiny_clip(folder: Path, seed: int = 0, flip_average: bool | None = Non
     from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPVisionConfig, VisionTextDualEncoderConfig,
                               VisionTextDualEncoderModel, VisionTextDualEncoderProcessor)
 
-    from train.lit.tokenizer import EOS_ID, train_tokenizer
+    from vlm.train.lit.tokenizer import EOS_ID, train_tokenizer
 
     tok = train_tokenizer(CAPTIONS, vocab_size=300)
     torch.manual_seed(seed)

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from vlm.paths import data_dir
+
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = data_dir()
 
 
 @pytest.fixture(scope="session")

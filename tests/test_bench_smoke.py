@@ -1,6 +1,6 @@
 """Smoke run of ``vlm bench`` on a tiny random model: it runs end to end and writes its JSON and table.
 
-No timing assertions: speed figures come from the full benchmark (bench/README.md), not from tests.
+No timing assertions: speed figures come from the full benchmark (vlm/bench/README.md), not from tests.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_bench_rejects_unknown_lever(tmp_path, data_dir, capsys):
 
 
 def test_machine_measurements_are_positive():
-    from bench import machine
+    from vlm.bench import machine
 
     assert machine.copy_bandwidth(mib=16, repeats=2) > 0
     assert machine.matmul_peak(size=128, repeats=2) > 0

@@ -39,8 +39,8 @@ def registered(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lit_folder(registered, data_dir, tmp_path_factory) -> Path:
     """A stock LiT CLIP over the registered tower, at 28 px (resized from 56) and cut to 2 of its 3 layers."""
-    from train.lit.config import LitConfig
-    from train.lit.loop import train
+    from vlm.train.lit.config import LitConfig
+    from vlm.train.lit.loop import train
 
     cfg = LitConfig(data_dir=str(data_dir / "flickr8k"), out_dir=str(tmp_path_factory.mktemp("lit")), cache=False,
                     vision=TOWER, image_size=28, image_layer=2, feature_bf16=False, vocab_size=300, text_layers=1,

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.flickr8k import Flickr8kPrepConfig, captions_conflict, clean_caption, consistent_captions, prepare_flickr8k
-from data_prep.io import load_llava_dataset, load_pairs_dataset, load_records, write_records
-from data_prep.prompts import CAPTION_PROMPTS, DETAIL_PROMPTS, FIELD_QUESTIONS, FOLLOWUP_PROMPTS, QUESTION_PROMPTS, READ_PROMPTS
-from data_prep.records import (
+from vlm.prep.flickr8k import Flickr8kPrepConfig, captions_conflict, clean_caption, consistent_captions, prepare_flickr8k
+from vlm.prep.io import load_llava_dataset, load_pairs_dataset, load_records, write_records
+from vlm.prep.prompts import CAPTION_PROMPTS, DETAIL_PROMPTS, FIELD_QUESTIONS, FOLLOWUP_PROMPTS, QUESTION_PROMPTS, READ_PROMPTS
+from vlm.prep.records import (
     BAD_ROLE_ORDER,
     EMPTY_CAPTION,
     EMPTY_TURN,
@@ -26,7 +26,7 @@ from data_prep.records import (
     RecordAccounting,
     validate_record,
 )
-from data_prep import cli as prep_cli
+from vlm.prep import cli as prep_cli
 
 
 def vlm_prep(argv: list[str]) -> int:
@@ -124,7 +124,7 @@ def test_check_counts_each_bad_kind_and_strict_stops(photo, corrupt_image, tmp_p
 def test_vlm_cli_has_prep(tmp_path, photo, capsys):
     from vlm.cli import COMMANDS, main
 
-    assert COMMANDS["prep"] == "data_prep.cli"
+    assert COMMANDS["prep"] == "vlm.prep.cli"
     path = tmp_path / "one.json"
     write_records(path, [_rec(str(photo), ("human", "<image>\nWhat?"), ("gpt", "A photo."))])
     assert main(["prep", "check", str(path)]) == 0
@@ -279,7 +279,7 @@ def _sroie_rows(data_dir: Path) -> dict[str, dict]:
 def test_sroie_prep_dataset_ocr(tmp_path, data_dir):
     from vlm.extract.prompts import fields_prompt, format_ocr
 
-    from data_prep.sroie import FIELDS, read_dataset_ocr
+    from vlm.prep.sroie import FIELDS, read_dataset_ocr
 
     out = tmp_path / "sroie"
     src = data_dir / "sroie"
@@ -334,7 +334,7 @@ def test_sroie_prep_dataset_ocr(tmp_path, data_dir):
 
 
 def test_find_span_and_swap_fields():
-    from data_prep.vendor_swap import find_span, swap_fields, swap_pairs
+    from vlm.prep.vendor_swap import find_span, swap_fields, swap_pairs
 
     text = "Ace Mart\n(123-X)\nNO.1, JALAN SATU,\n81100 JOHOR\nDate:\t01/02/2018\nTOTAL\t9.00"
     entities = {"company": "ACE MART", "address": "NO.1, JALAN SATU, 81100 JOHOR", "date": "01/02/2018",
@@ -352,7 +352,7 @@ def test_find_span_and_swap_fields():
 
 
 def test_sroie_prep_vendor_swaps(tmp_path, data_dir):
-    from data_prep.vendor_swap import find_span
+    from vlm.prep.vendor_swap import find_span
 
     out = tmp_path / "sroie"
     args = ["sroie", "--src", str(data_dir / "sroie"), "--out", str(out), "--ocr", "dataset", "--limit", "40",
@@ -377,8 +377,8 @@ def test_sroie_prep_vendor_swaps(tmp_path, data_dir):
 
 
 def test_sroie_full_vendor_split_is_disjoint_and_near_target(data_dir):
-    from data_prep.records import ImageChecker
-    from data_prep.sroie import load_receipts, split_vendors, vendor_key
+    from vlm.prep.records import ImageChecker
+    from vlm.prep.sroie import load_receipts, split_vendors, vendor_key
 
     receipts = load_receipts(data_dir / "sroie", None, RecordAccounting(), ImageChecker(decode=False))
     train, val, info = split_vendors(receipts, 0.15, seed=0, max_val_group=12)
@@ -397,7 +397,7 @@ def test_sroie_prep_rapidocr_uses_inference_ocr(tmp_path, data_dir):
     from vlm.extract.prompts import fields_prompt, format_ocr
     from vlm.ocr import run_ocr
 
-    from data_prep.sroie import FIELDS, SroiePrepConfig, prepare_sroie
+    from vlm.prep.sroie import FIELDS, SroiePrepConfig, prepare_sroie
 
     out = tmp_path / "sroie"
     summary = prepare_sroie(SroiePrepConfig(data_dir / "sroie", out, ocr="rapidocr", limit=1))

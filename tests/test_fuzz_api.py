@@ -10,7 +10,7 @@ one, and afterwards it must be healthy and idle, with no 5xx and no traceback in
 
 Bounded and seeded for CI. The long run (every phase, coverage's boundary values included):
 ``VLM_FUZZ_EXAMPLES=1000 VLM_FUZZ_FULL=1 python -m pytest tests/test_fuzz_api.py -s``, or
-``python -m serve.fuzz --examples 5000`` (Schemathesis' own runner, with its JSON report).
+``python -m vlm.serve.fuzz --examples 5000`` (Schemathesis' own runner, with its JSON report).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
-from serve.launch import LocalServer
+from vlm.serve.launch import LocalServer
 
 KEY = "sk-fuzz"
 EXAMPLES = int(os.environ.get("VLM_FUZZ_EXAMPLES", "30"))  # per operation and phase

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from train.lit.config import LitConfig
+from vlm.train.lit.config import LitConfig
 from vlm import hardware
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from train.lit.config import LitConfig
+from vlm.train.lit.config import LitConfig
 
 CAPTIONS = ["A dog runs on the beach .", "Two children play in the snow", "a man rides a bike down a street",
             "A black dog jumps over a log .", "people stand near the water"] * 4
@@ -45,7 +45,7 @@ def tiny_config(data_dir: Path, tower: Path, out: Path, **overrides) -> LitConfi
 def test_tokenizer_round_trips_and_ends_with_eos(tmp_path):
     from transformers import AutoTokenizer
 
-    from train.lit.tokenizer import EOS_ID, encode, train_tokenizer
+    from vlm.train.lit.tokenizer import EOS_ID, encode, train_tokenizer
 
     tok = train_tokenizer(CAPTIONS, vocab_size=300)
     tok.save_pretrained(tmp_path)
@@ -63,7 +63,7 @@ def test_tokenizer_round_trips_and_ends_with_eos(tmp_path):
 def test_truncated_tower_pools_the_cached_layer(tiny_tower):
     from transformers import Dinov2Model
 
-    from train.lit.features import tower_outputs
+    from vlm.train.lit.features import tower_outputs
     from vlm.vision import truncate
 
     tower = Dinov2Model.from_pretrained(tiny_tower).eval()
@@ -84,7 +84,7 @@ def test_truncated_tower_pools_the_cached_layer(tiny_tower):
 def test_feature_cache_is_reused_and_keyed(tiny_tower, data_dir, flickr_records, tmp_path):
     from transformers import Dinov2Model
 
-    from train.lit.features import cached_outputs
+    from vlm.train.lit.features import cached_outputs
 
     tower = Dinov2Model.from_pretrained(tiny_tower).eval()
     prep = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
@@ -100,7 +100,7 @@ def test_feature_cache_is_reused_and_keyed(tiny_tower, data_dir, flickr_records,
 
 
 def test_batches_are_reproducible_and_grouped_by_length():
-    from train.lit.data import batches
+    from vlm.train.lit.data import batches
 
     lengths = [(i * 7) % 23 + 3 for i in range(1000)]
     first = batches(1000, 64, seed=1, epoch=0, lengths=lengths)
@@ -117,7 +117,7 @@ def test_batches_are_reproducible_and_grouped_by_length():
 
 
 def test_info_nce_masks_pairs_of_the_same_image():
-    from train.lit.sides import info_nce
+    from vlm.train.lit.sides import info_nce
 
     img = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     txt = img.clone()
@@ -131,8 +131,8 @@ def test_info_nce_masks_pairs_of_the_same_image():
 
 
 def test_training_steps_lower_the_loss(tiny_tower, data_dir, tmp_path):
-    from train.lit.data import load_pairs
-    from train.lit.loop import build, param_groups
+    from vlm.train.lit.data import load_pairs
+    from vlm.train.lit.loop import build, param_groups
 
     cfg = tiny_config(data_dir, tiny_tower, tmp_path / "run").validate().resolved("cpu")
     pairs = {s: load_pairs(data_dir / "flickr8k" / f"{s}.jsonl", 8) for s in ("train", "dev")}
@@ -155,7 +155,7 @@ def test_training_steps_lower_the_loss(tiny_tower, data_dir, tmp_path):
 def _trainable(out: Path) -> dict:
     from safetensors.torch import load_file
 
-    from train import checkpoint
+    from vlm.train import checkpoint
 
     return load_file(str(checkpoint.latest(out) / "trainable.safetensors"))
 
@@ -163,7 +163,7 @@ def _trainable(out: Path) -> dict:
 def test_train_exports_a_stock_clip_and_resumes_exactly(tiny_tower, data_dir, tmp_path):
     from transformers import AutoTokenizer, CLIPTextModel, VisionTextDualEncoderModel, VisionTextDualEncoderProcessor
 
-    from train.lit.loop import train
+    from vlm.train.lit.loop import train
 
     quiet = lambda *a: None  # noqa: E731
     straight = train(tiny_config(data_dir, tiny_tower, tmp_path / "a", max_steps=4, eval_every=2), log=quiet)
@@ -213,7 +213,7 @@ def test_train_exports_a_stock_clip_and_resumes_exactly(tiny_tower, data_dir, tm
 def test_unlocked_tower_trains_too(tiny_tower, data_dir, tmp_path):
     from transformers import Dinov2Model, VisionTextDualEncoderModel
 
-    from train.lit.loop import train
+    from vlm.train.lit.loop import train
 
     summary = train(tiny_config(data_dir, tiny_tower, tmp_path / "u", max_steps=2, unlock_vision=True),
                     log=lambda *a: None)
@@ -226,7 +226,7 @@ def test_unlocked_tower_trains_too(tiny_tower, data_dir, tmp_path):
 
 
 def test_measurement_layouts_write_no_model(tiny_tower, data_dir, tmp_path):
-    from train.lit.loop import train
+    from vlm.train.lit.loop import train
 
     summary = train(tiny_config(data_dir, tiny_tower, tmp_path / "m", max_steps=2, image_features="cls+mean"),
                     log=lambda *a: None)
@@ -247,7 +247,7 @@ def test_config_rejects_bad_values():
 def test_cli_flags_map_onto_the_config():
     import argparse
 
-    from train.lit.cli import add_arguments, to_config
+    from vlm.train.lit.cli import add_arguments, to_config
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -289,7 +289,7 @@ def test_zero_shot_set_on_flickr8k_dev(flickr_records):
 def test_eval_retrieval_on_a_dual_encoder_matches_training(tiny_tower, data_dir, tmp_path):
     """The stock-class evaluation (real pixels through get_image_features) reproduces the training loop's
     dev figures (cached features), and a CLIP folder also gets the zero-shot check."""
-    from train.lit.loop import train
+    from vlm.train.lit.loop import train
     from vlm.clip import is_clip_folder
     from vlm.eval.retrieval_task import evaluate_retrieval
 
@@ -316,8 +316,8 @@ def test_real_tower_end_to_end(data_dir, tmp_path):
     compact form (no tower stored) composes the same model from the registered tower and evaluates the same."""
     from transformers import VisionTextDualEncoderModel
 
-    from train.export import export_clip_parts
-    from train.lit.loop import train
+    from vlm.train.export import export_clip_parts
+    from vlm.train.lit.loop import train
     from vlm.clip_parts import load_clip_parts
     from vlm.eval.retrieval_task import evaluate_retrieval
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from data_prep import cli as prep_cli
+from vlm.prep import cli as prep_cli
 
 
 def vlm_prep(argv: list[str]) -> int:
@@ -26,7 +26,7 @@ def vlm_prep(argv: list[str]) -> int:
 
 @pytest.fixture(scope="module")
 def nlp():
-    from data_prep.qa_facts import load_parser
+    from vlm.prep.qa_facts import load_parser
 
     return load_parser()
 
@@ -37,7 +37,7 @@ def dev_by_key(flickr_records) -> dict[str, list[str]]:
 
 
 def _facts(nlp, captions):
-    from data_prep.qa_facts import caption_facts, image_facts
+    from vlm.prep.qa_facts import caption_facts, image_facts
 
     return image_facts([caption_facts(d) for d in nlp.pipe(captions)])
 
@@ -67,7 +67,7 @@ def test_conflicting_counts_give_no_count(nlp, dev_by_key):
 
 
 def test_colour_with_its_wearer_and_a_wrong_colour_for_no(nlp, dev_by_key):
-    from data_prep.qa import YesNoSampler, questions
+    from vlm.prep.qa import YesNoSampler, questions
 
     # three captions: "a woman in a red costume", "a woman wearing a red costume", "... a red sequined costume"
     f = _facts(nlp, dev_by_key["1088767354_2acee738cf"])
@@ -83,7 +83,7 @@ def test_colour_with_its_wearer_and_a_wrong_colour_for_no(nlp, dev_by_key):
 
 
 def test_place_sport_and_plural_subject(nlp, dev_by_key):
-    from data_prep.qa import YesNoSampler, questions
+    from vlm.prep.qa import YesNoSampler, questions
 
     f = _facts(nlp, dev_by_key["1056249424_ef2a2e041c"])  # "The children are playing in the water." ...
     assert f.place[0] == "water" and f.counts["people"] == 2
@@ -93,7 +93,7 @@ def test_place_sport_and_plural_subject(nlp, dev_by_key):
 
 
 def test_action_with_object_accepts_the_bare_verb(nlp):
-    from data_prep.qa import YesNoSampler, questions
+    from vlm.prep.qa import YesNoSampler, questions
 
     f = _facts(nlp, ["A man is riding a bike down the street .", "A man rides a bicycle on a road .",
                      "A man riding a bike .", "A person cycling .", "A man on a bike ."])
@@ -111,7 +111,7 @@ def qa_dir(tmp_path_factory, data_dir) -> Path:
 
 
 def test_prep_qa_writes_balanced_yes_no_and_negatives_absent_from_captions(qa_dir, data_dir):
-    from data_prep.qa import TYPES, YES_NO_THINGS
+    from vlm.prep.qa import TYPES, YES_NO_THINGS
 
     summary = json.loads((qa_dir / "flickr8k_qa_summary.json").read_text())
     assert summary["bad_total"] == 0 and summary["images"] == {"train": 80, "dev": 80}
@@ -136,8 +136,8 @@ def test_prep_qa_writes_balanced_yes_no_and_negatives_absent_from_captions(qa_di
 
 
 def test_qa_records_load_in_the_training_and_eval_readers(qa_dir, tiny_vlm):
-    from data_prep.io import load_llava_dataset, load_records
-    from train.data import TrainingSet
+    from vlm.prep.io import load_llava_dataset, load_records
+    from vlm.train.data import TrainingSet
     from vlm.eval import vqa
     from vlm.eval.records import load_records as load_eval_records
 
@@ -186,7 +186,7 @@ def test_answer_prior_unit():
 
 # --------------------------------------------------------------------------------- text-only chats
 def test_trim_unfinished():
-    from data_prep.textonly import trim_unfinished
+    from vlm.prep.textonly import trim_unfinished
 
     assert trim_unfinished("First sentence is here. Second one is cut off in the mid") == "First sentence is here."
     assert trim_unfinished("Line one of the list\n2. and then") == "Line one of the list"
@@ -195,16 +195,16 @@ def test_trim_unfinished():
 
 
 def test_is_loop():
-    from data_prep.textonly import is_loop
+    from vlm.prep.textonly import is_loop
 
     assert is_loop("Boil an egg:\n\nBoil an egg:\n\nBoil an egg:\n\nBoil an egg:\n\nBoil an egg:")
     assert not is_loop("To make tea, boil water, pour it on the leaves, wait three minutes and pour the tea.")
 
 
 def test_textonly_with_a_tiny_llm_caches_answers(tmp_path, tiny_llm_dir):
-    from data_prep.io import load_records
-    from data_prep.textonly import TextOnlyConfig, prepare_textonly
-    from data_prep.textonly_prompts import DEV_QUESTIONS, train_prompts
+    from vlm.prep.io import load_records
+    from vlm.prep.textonly import TextOnlyConfig, prepare_textonly
+    from vlm.prep.textonly_prompts import DEV_QUESTIONS, train_prompts
     from vlm.eval.baselines.text_llm import TextLLM
 
     llm = TextLLM(str(tiny_llm_dir), max_new_tokens=12)
@@ -229,9 +229,9 @@ def test_textonly_with_a_tiny_llm_caches_answers(tmp_path, tiny_llm_dir):
 
 
 def test_textonly_real_weights_two_prompts(tmp_path, real_vlm):
-    from data_prep.io import load_records
-    from data_prep.textonly import TextOnlyConfig, prepare_textonly
-    from train.data import TrainingSet
+    from vlm.prep.io import load_records
+    from vlm.prep.textonly import TextOnlyConfig, prepare_textonly
+    from vlm.train.data import TrainingSet
     from vlm.eval.baselines.text_llm import TextLLM
 
     llm = TextLLM("smollm2-135m-instruct", max_new_tokens=24)

@@ -361,7 +361,7 @@ def test_gradio_regenerate_and_clear(ui_client):
 def test_gradio_extract_tab(ui_client, tmp_path):
     from gradio_client import handle_file
 
-    from serve.examples import receipt
+    from vlm.serve.examples import receipt
 
     path = tmp_path / "receipt.png"
     receipt().save(path)

@@ -31,8 +31,8 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from _serve_server import Server, png_data_url
-from serve.config import ServeConfig
-from serve.errors import Busy, ContextTooLong
+from vlm.serve.config import ServeConfig
+from vlm.serve.errors import Busy, ContextTooLong
 
 SCHEMA = {"type": "object", "properties": {"caption": {"type": "string", "maxLength": 24},
                                            "people": {"type": "integer"}, "outdoors": {"type": "boolean"},
@@ -44,7 +44,7 @@ SCHEMA = {"type": "object", "properties": {"caption": {"type": "string", "maxLen
 def app_client(vlm, **config):
     from starlette.testclient import TestClient
 
-    from serve.app import build_app, build_engine
+    from vlm.serve.app import build_app, build_engine
 
     cfg = ServeConfig(model="tiny", moderation=False, **{"ui": False, **config})
     engine = build_engine(cfg, vlm)
@@ -180,7 +180,7 @@ def test_context_errors_name_the_requests_numbers(tiny_vlm):
 
 
 def test_retry_after_is_the_drain_estimate_and_cancelled_waiters_free_their_slot(tiny_vlm):
-    from serve.engine import Engine
+    from vlm.serve.engine import Engine
 
     eng = Engine(tiny_vlm, ServeConfig(concurrency=1, queue_size=4, retry_after_s=2))
     gate = threading.Event()
@@ -212,7 +212,7 @@ def test_retry_after_is_the_drain_estimate_and_cancelled_waiters_free_their_slot
 @pytest.mark.parametrize("remote", [False, True])
 def test_malformed_image_urls_are_client_errors(tiny_vlm, remote):
     """Found by the long fuzz run: urlsplit raises ValueError on a bad IPv6 host or port (it was a 500)."""
-    from serve.config import RemoteImagePolicy
+    from vlm.serve.config import RemoteImagePolicy
 
     urls = ["http://\u00fc\u00d0]\u00f8[x/a.png", "http://[zz]/a.png", "http://host:99999/a.png", "http://[::1/x",
             "data:image/png;base64,", "https://"]
@@ -418,7 +418,7 @@ def test_health_is_served_during_the_shutdown_drain(tiny_server):
 
 # -- a small soak -------------------------------------------------------------------------------------------
 def test_small_soak_loses_nothing(tiny_vlm, tmp_path):
-    from serve.soak import KINDS, SoakConfig, run_soak
+    from vlm.serve.soak import KINDS, SoakConfig, run_soak
 
     model_dir = tiny_vlm.save(tmp_path / "tiny-vlm")
     cfg = SoakConfig(requests=40, model=str(model_dir), warmup=len(KINDS), max_tokens=16, timeout_s=60)

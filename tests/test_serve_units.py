@@ -11,8 +11,8 @@ import time
 import pytest
 from PIL import Image
 
-from serve.config import RemoteImagePolicy, ServeConfig
-from serve.errors import BadRequest, Busy, ContextTooLong, Flagged, ShuttingDown, Timeout, TooLarge
+from vlm.serve.config import RemoteImagePolicy, ServeConfig
+from vlm.serve.errors import BadRequest, Busy, ContextTooLong, Flagged, ShuttingDown, Timeout, TooLarge
 from vlm.config import InputLimits
 
 
@@ -36,7 +36,7 @@ def test_config_defaults_are_safe():
 
 def test_cli_builds_config():
     from vlm.cli import build_parser
-    from vlm.commands.serve import config_from_args
+    from vlm.cli.serve import config_from_args
 
     args = build_parser().parse_args(["serve", "--model", "m", "--concurrency", "2", "--queue-size", "5",
                                       "--allow-remote-images", "--no-moderation", "--max-images", "2"])
@@ -47,7 +47,7 @@ def test_cli_builds_config():
 
 # -- request parsing ------------------------------------------------------------------------------------
 def test_parse_chat_request_names_the_field():
-    from serve.schemas import parse_chat_request
+    from vlm.serve.schemas import parse_chat_request
 
     ok = parse_chat_request(b'{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":"x","max_tokens":5,'
                             b'"logit_bias":{}}')
@@ -123,7 +123,7 @@ def image_host():
 
 
 def test_remote_fetch_policy_against_a_real_server(image_host):
-    from serve.remote_images import fetch, image_bytes
+    from vlm.serve.remote_images import fetch, image_bytes
 
     # loopback is refused by default, even with remote images on
     with pytest.raises(BadRequest, match="127.0.0.1.*refused"):
@@ -154,7 +154,7 @@ def test_remote_fetch_policy_against_a_real_server(image_host):
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "/etc/passwd", "ftp://example.com/a.png",
                                  "gopher://x", "C:\\img.png"])
 def test_non_http_image_urls_always_refused(url):
-    from serve.remote_images import image_bytes
+    from vlm.serve.remote_images import image_bytes
 
     with pytest.raises(BadRequest) as e:
         image_bytes(url, RemoteImagePolicy(enabled=True), InputLimits())
@@ -170,7 +170,7 @@ def test_non_http_image_urls_always_refused(url):
 def test_address_classification(address, public):
     import ipaddress
 
-    from serve.remote_images import _address_allowed
+    from vlm.serve.remote_images import _address_allowed
 
     assert _address_allowed(ipaddress.ip_address(address), RemoteImagePolicy(enabled=True)) is public
 
@@ -178,7 +178,7 @@ def test_address_classification(address, public):
 def test_data_urls(tmp_path):
     import base64
 
-    from serve.remote_images import image_bytes
+    from vlm.serve.remote_images import image_bytes
 
     url = "data:image/png;base64," + base64.b64encode(_png()).decode()
     assert image_bytes(url, RemoteImagePolicy(), InputLimits()) == _png()
@@ -190,7 +190,7 @@ def test_data_urls(tmp_path):
 # -- moderation -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def moderator():
-    from serve.moderation import Moderator
+    from vlm.serve.moderation import Moderator
 
     return Moderator(threshold=0.8)
 
@@ -203,7 +203,7 @@ def test_moderation_passes_real_photos(moderator, data_dir, flickr_records):
 
 
 def test_moderation_threshold(moderator):
-    from serve.moderation import Moderator
+    from vlm.serve.moderation import Moderator
 
     skin = Image.new("RGB", (96, 96), (200, 140, 110))
     score = moderator.score(skin).score
@@ -216,7 +216,7 @@ def test_moderation_threshold(moderator):
 
 # -- engine -----------------------------------------------------------------------------------------------
 def _engine(vlm, **kw):
-    from serve.engine import Engine
+    from vlm.serve.engine import Engine
 
     return Engine(vlm, ServeConfig(**kw))
 
@@ -310,7 +310,7 @@ def test_engine_times_out_queued_work(tiny_vlm):
 
 # -- UI helpers and examples -----------------------------------------------------------------------------
 def test_history_to_messages():
-    from serve.ui import ERROR_MARK, STOPPED_MARK, history_to_messages
+    from vlm.serve.ui import ERROR_MARK, STOPPED_MARK, history_to_messages
 
     history = [
         {"role": "user", "content": [{"type": "file", "file": {"path": "/tmp/a.png"}}, {"type": "text", "text": "Q1"}]},
@@ -327,8 +327,8 @@ def test_history_to_messages():
 
 
 def test_ui_shows_busy_and_bad_images_as_chat_messages(tiny_vlm, tmp_path):
-    from serve.engine import Engine
-    from serve.ui import ERROR_MARK, ChatUI
+    from vlm.serve.engine import Engine
+    from vlm.serve.ui import ERROR_MARK, ChatUI
 
     eng = Engine(tiny_vlm, ServeConfig(concurrency=1, queue_size=0))
     ui = ChatUI(eng, eng.config, {})
@@ -351,7 +351,7 @@ def test_ui_shows_busy_and_bad_images_as_chat_messages(tiny_vlm, tmp_path):
 
 
 def test_examples_are_drawn(tmp_path):
-    from serve.examples import CHAT_EXAMPLES, EXTRACT_EXAMPLES, write_examples
+    from vlm.serve.examples import CHAT_EXAMPLES, EXTRACT_EXAMPLES, write_examples
 
     paths = write_examples(tmp_path)
     for ex in CHAT_EXAMPLES + EXTRACT_EXAMPLES:

@@ -143,7 +143,7 @@ def test_feature_layer_is_chosen(tiny_llm_dir, photo):
 def test_training_flags_reach_the_config(tmp_path):
     import argparse
 
-    from train import stage1
+    from vlm.train import stage1
 
     data = tmp_path / "d.json"
     data.write_text("[]")

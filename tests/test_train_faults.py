@@ -145,7 +145,7 @@ def test_three_sigkills_at_random_steps_then_resume_is_bit_identical(stage, refs
 
 def test_resuming_with_another_thread_count_warns_that_it_will_not_be_bit_identical(refs, llava_json, tiny_llm_dir,
                                                                                    tiny_tower_dir, tmp_path, capsys):
-    from train import checkpoint
+    from vlm.train import checkpoint
 
     args = stage_args(1, llava_json, tiny_llm_dir, tiny_tower_dir, tmp_path / "run", refs["root"] / "cache",
                       save_every=1)
@@ -182,7 +182,7 @@ def fill(path: Path, size: int) -> None:
 
 def test_full_disk_mid_checkpoint_stops_cleanly_and_the_previous_checkpoint_resumes(
         refs, tmpfs, llava_json, tiny_llm_dir, tiny_tower_dir, tmp_path, capsys):
-    from train import checkpoint
+    from vlm.train import checkpoint
 
     out, log = tmpfs / "run", tmp_path / "run.log"
     args = stage_args(1, llava_json, tiny_llm_dir, tiny_tower_dir, out, refs["root"] / "cache", save_every=1)
@@ -245,7 +245,7 @@ def test_library_writes_to_a_full_disk_surface_as_enospc(tmp_path):
     from safetensors.torch import save as safetensors_bytes
     from safetensors.torch import save_file
 
-    from train.durable import os_error_of, write_file
+    from vlm.train.durable import os_error_of, write_file
 
     tensors = {"w": torch.randn(64, 64)}
     for fill in (lambda f: torch.save(tensors, f), lambda f: f.write(safetensors_bytes(tensors))):
@@ -268,7 +268,7 @@ def test_checkpoint_save_on_a_full_disk_keeps_the_previous_checkpoint(tmp_path, 
     from accelerate import Accelerator
     from torch import nn
 
-    from train import checkpoint, durable
+    from vlm.train import checkpoint, durable
 
     acc = Accelerator(cpu=True)
     torch.manual_seed(0)

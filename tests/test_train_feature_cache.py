@@ -6,8 +6,8 @@ import copy
 import torch
 from PIL import Image
 
-from train.data import file_hash
-from train.feature_cache import FeatureCache, ensure_features, tower_features, tower_fingerprint, unreadable
+from vlm.train.data import file_hash
+from vlm.train.feature_cache import FeatureCache, ensure_features, tower_features, tower_fingerprint, unreadable
 
 
 def test_cached_features_are_what_the_projector_consumes(tiny_vlm, photo):
@@ -62,7 +62,7 @@ def test_no_cache_keeps_features_in_memory_and_flags_unreadable_images(tiny_vlm,
 
 def test_training_loss_on_answer_positions_equals_the_models_own_loss(tiny_vlm, photo):
     """FeatureLlava runs the LM head only where the next token is supervised; the loss is the model's."""
-    from train.loop import FeatureLlava
+    from vlm.train.loop import FeatureLlava
 
     model, proc = copy.deepcopy(tiny_vlm.model), tiny_vlm.processor
     conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe it."}]},

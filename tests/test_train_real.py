@@ -14,8 +14,8 @@ pytestmark = pytest.mark.real
 def test_real_stage1_then_stage2_then_load(smollm2_dir, data_dir, flickr_records, tmp_path, reset_accelerate):
     from accelerate.state import AcceleratorState
 
-    from train.config import stage1_defaults, stage2_defaults
-    from train.loop import train
+    from vlm.train.config import stage1_defaults, stage2_defaults
+    from vlm.train.loop import train
     from vlm import VLM
 
     data = write_llava_json(tmp_path / "flickr.json", data_dir, flickr_records, 8)

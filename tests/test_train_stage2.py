@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from train_fixtures import *  # noqa: F401,F403
 
-from train.config import stage2_defaults
+from vlm.train.config import stage2_defaults
 
 
 def stage2_cfg(data, stage1, out, cache, **kw):
@@ -38,8 +38,8 @@ def randomise_lora(model, seed=0):
 def test_lora_stage2_export_reload_with_stock_transformers(tiny_stage1, llava_json, photo, tmp_path, reset_accelerate):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from train.export import export_llava
-    from train.loop import train
+    from vlm.train.export import export_llava
+    from vlm.train.loop import train
     from vlm import VLM
     from vlm.adapters import load_peft
 
@@ -78,7 +78,7 @@ def test_lora_stage2_export_reload_with_stock_transformers(tiny_stage1, llava_js
 def test_lora_continues_from_an_adapter_folder(tiny_stage1, llava_json, tmp_path, reset_accelerate):
     from safetensors.torch import load_file
 
-    from train.loop import train
+    from vlm.train.loop import train
     from vlm import VLM
     from vlm.adapters import adapter_base
 
@@ -97,7 +97,7 @@ def test_lora_continues_from_an_adapter_folder(tiny_stage1, llava_json, tmp_path
 def test_qlora_runs_on_cpu_with_4bit_llm(tiny_stage1, llava_json, tmp_path, reset_accelerate):
     import bitsandbytes as bnb
 
-    from train.recipes import qlora
+    from vlm.train.recipes import qlora
 
     cfg = stage2_cfg(llava_json, tiny_stage1, tmp_path / "q", tmp_path / "cache", recipe="qlora", max_steps=3)
     model, _ = qlora.load(cfg, torch.float32)
@@ -106,7 +106,7 @@ def test_qlora_runs_on_cpu_with_4bit_llm(tiny_stage1, llava_json, tmp_path, rese
     assert model.model.language_model.layers[0].self_attn.q_proj.weight.quant_type == "nf4"
     del model
 
-    from train.loop import train
+    from vlm.train.loop import train
 
     summary = train(cfg)
     assert summary["recipe"] == "qlora" and summary["steps"] == 3
@@ -118,7 +118,7 @@ def test_qlora_runs_on_cpu_with_4bit_llm(tiny_stage1, llava_json, tmp_path, rese
 def test_full_recipe_trains_the_llm(tiny_stage1, llava_json, tmp_path, reset_accelerate):
     from safetensors.torch import load_file
 
-    from train.loop import train
+    from vlm.train.loop import train
 
     out = tmp_path / "full"
     train(stage2_cfg(llava_json, tiny_stage1, out, tmp_path / "cache", recipe="full", lr=1e-3))
@@ -131,7 +131,7 @@ def test_full_recipe_trains_the_llm(tiny_stage1, llava_json, tmp_path, reset_acc
 def test_parts_round_trip_identical_logits(tiny_llm_dir, tiny_vision_config, photo, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from train.recipes.common import llm_linear_regex
+    from vlm.train.recipes.common import llm_linear_regex
     from vlm import VLM
     from vlm.parts import load_parts, save_parts
 
@@ -174,7 +174,7 @@ def test_real_parts_over_registered_smollm2(photo, tmp_path):
     """Parts over the registered SmolLM2: the base comes from vlm.hub by name, the rest from the folder."""
     from peft import LoraConfig, get_peft_model
 
-    from train.recipes.common import llm_linear_regex
+    from vlm.train.recipes.common import llm_linear_regex
     from vlm.parts import load_parts, save_parts
 
     from vlm import VLM, TowerPreset

@@ -40,7 +40,7 @@ def tiny_tower_dir(tmp_path_factory, tiny_vision_config) -> Path:
 
 
 def stage1_cfg(data, llm, tower, out, cache, **kw):
-    from train.config import stage1_defaults
+    from vlm.train.config import stage1_defaults
 
     base = dict(data=str(data), model=str(llm), vision=str(tower), out=str(out), batch_size=4,
                 cache_dir=str(cache), seed=0)
@@ -62,7 +62,7 @@ def tiny_stage1(tmp_path_factory, llava_json, tiny_llm_dir, tiny_tower_dir) -> P
     """A tiny stage-1 llava folder (projector trained a few steps)."""
     from accelerate.state import AcceleratorState
 
-    from train.loop import train
+    from vlm.train.loop import train
 
     root = tmp_path_factory.mktemp("tiny-stage1")
     train(stage1_cfg(llava_json, tiny_llm_dir, tiny_tower_dir, root / "out", root / "cache", max_steps=3))

@@ -1,7 +1,7 @@
 """CPU inference optimisations applied to a loaded :class:`~vlm.api.VLM`, each one switchable.
 
 ``apply(vlm, InferenceOptions(...))`` changes the model in place and returns it. Every lever is measured
-by ``vlm bench`` against stock ``LlavaForConditionalGeneration.generate`` in float32 (see bench/README.md);
+by ``vlm bench`` against stock ``LlavaForConditionalGeneration.generate`` in float32 (see vlm/bench/README.md);
 :data:`DEFAULT` holds the output-preserving levers, :data:`FAST` the fastest measured path.
 ``VLM.optimize(...)`` is the API entry point.
 
@@ -89,7 +89,7 @@ class InferenceOptions:
 
 # Output-preserving levers (greedy answers identical to stock float32 transformers).
 DEFAULT = InferenceOptions(reuse_vision=True, prefix_cache=True)
-# The fastest measured path on this CPU (bench/README.md); int8 changes answers, see the agreement column.
+# The fastest measured path on this CPU (vlm/bench/README.md); int8 changes answers, see the agreement column.
 FAST = InferenceOptions(int8=True, reuse_vision=True, prefix_cache=True)
 
 

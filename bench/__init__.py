@@ -1,4 +1,0 @@
-"""vlm benchmarks: vlm vs stock transformers, measured in one process with interleaved repeats.
-
-Run ``vlm bench --help``. Results: ``bench/results/*.json`` and the table in ``bench/README.md``.
-"""

@@ -1,1 +1,0 @@
-"""Subcommands of the ``vlm`` CLI (see ``vlm.cli.COMMANDS``)."""
