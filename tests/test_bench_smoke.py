@@ -48,8 +48,9 @@ def test_bench_rejects_unknown_lever(tmp_path, data_dir, capsys):
 
 
 def test_machine_measurements_are_positive():
+    from vlm import memory
     from vlm.bench import machine
 
     assert machine.copy_bandwidth(mib=16, repeats=2) > 0
     assert machine.matmul_peak(size=128, repeats=2) > 0
-    assert machine.peak_rss_bytes() >= machine.current_rss_bytes() > 0
+    assert memory.peak_rss_bytes() >= memory.current_rss_bytes() > 0

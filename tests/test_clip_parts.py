@@ -1,7 +1,7 @@
 """The compact CLIP (:mod:`vlm.clip_parts`): a LiT CLIP stored without its registered tower, composed back into
 the stock ``VisionTextDualEncoderModel``; ``vlm export --format clip-parts / clip``; ``vlm eval retrieval`` on it.
 
-A tiny random ``Dinov2Model`` stands in for the registered ``dinov2-vits14``: it is placed where :mod:`vlm.hub`
+A tiny random ``Dinov2Model`` stands in for the registered ``dinov2-vits14``: it is placed where :mod:`vlm.registry`
 keeps the converted tower (``$VLM_CACHE/vision/dinov2-vits14``), so every lookup of the name finds it. The real
 tower's round trip is in ``tests/test_lit.py::test_real_tower_end_to_end``.
 """

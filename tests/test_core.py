@@ -203,7 +203,7 @@ def test_missing_model_names_what_was_tried(tmp_path):
         VLM.load(tmp_path / "nope")
     with pytest.raises(ModelNotFoundError, match="no-such-llm") as err:
         VLM.build(__import__("vlm").TowerPreset().to_config(), "no-such-llm")
-    if not __import__("vlm.hub").hub.hub_reachable():  # offline: one clear error at once, no download retries
+    if not __import__("vlm.registry").registry.hub_reachable():  # offline: one clear error at once, no download retries
         assert "not in the Hugging Face cache" in str(err.value) and "cannot be reached" in str(err.value)
 
 

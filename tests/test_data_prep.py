@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from vlm.prep.flickr8k import Flickr8kPrepConfig, captions_conflict, clean_caption, consistent_captions, prepare_flickr8k
-from vlm.prep.io import load_llava_dataset, load_pairs_dataset, load_records, write_records
+from vlm.prep.io import checked_records, write_records
+from vlm.records import load_records, record_images, resolve_path
 from vlm.prep.prompts import CAPTION_PROMPTS, DETAIL_PROMPTS, FIELD_QUESTIONS, FOLLOWUP_PROMPTS, QUESTION_PROMPTS, READ_PROMPTS
-from vlm.prep.records import (
+from vlm.records import (
     BAD_ROLE_ORDER,
     EMPTY_CAPTION,
     EMPTY_TURN,
@@ -111,12 +112,12 @@ def test_check_counts_each_bad_kind_and_strict_stops(photo, corrupt_image, tmp_p
     assert summary["kept"] == {str(path): 3}
 
     acc = RecordAccounting()
-    ds = load_llava_dataset(path, decode_images=True, accounting=acc)
-    assert len(ds) == 3 and sorted(ds["id"]) == ["g0", "g1", "g2"]
+    good = list(checked_records(path, decode_images=True, accounting=acc))
+    assert len(good) == 3 and sorted(r["id"] for r in good) == ["g0", "g1", "g2"]
     assert dict(acc.bad) == {reason: 1 for reason in bad}
 
     with pytest.raises(BadRecordError, match="missing_image"):
-        load_llava_dataset(path, strict=True)
+        list(checked_records(path, accounting=RecordAccounting(strict=True)))
     assert vlm_prep(["check", str(path), "--strict"]) == 2
     assert "error: bad record" in capsys.readouterr().err
 
@@ -244,21 +245,21 @@ def test_flickr_prep_real_subset(tmp_path, data_dir, flickr_records):
     assert all(_gpt(r) in source[Path(r["image"]).stem] for r in raw)  # --raw-captions: byte for byte
 
 
-def test_loader_reads_written_file_as_dataset(tmp_path, data_dir, photo):
+def test_loader_reads_written_file(tmp_path, data_dir, photo):
     out = tmp_path / "prep"
     prepare_flickr8k(Flickr8kPrepConfig(data_dir / "flickr8k", out, limit=4))
     path = out / "flickr8k_stage2_train.json"
     records = load_records(path)
-    ds = load_llava_dataset(path)
-    assert len(ds) == len(records) > 0
-    assert ds.column_names == ["id", "image", "images", "conversations"]
-    row = ds[0]
-    assert Path(row["image"]).is_absolute() and Path(row["image"]).is_file() and row["images"] == [row["image"]]
+    good = list(checked_records(path))
+    assert len(good) == len(records) > 0
+    row = good[0]
+    (image,) = record_images(row)
+    assert resolve_path(image, path.parent).is_file()
     assert row["conversations"] == records[0]["conversations"]
 
-    pairs = load_pairs_dataset(out / "flickr8k_stage0_train.json")
-    assert len(pairs) == 4 and all(Path(p).is_file() for p in pairs["image"])
-    assert all(len(c) == 5 for c in pairs["captions"])
+    pairs = load_records(out / "flickr8k_stage0_train.json")
+    assert len(pairs) == 4 and all(resolve_path(p["image"], out).is_file() for p in pairs)
+    assert all(len(p["captions"]) == 5 for p in pairs)
 
     # text-only and multi-image records, JSONL too
     mixed = tmp_path / "mixed.jsonl"
@@ -266,9 +267,9 @@ def test_loader_reads_written_file_as_dataset(tmp_path, data_dir, photo):
         _rec(None, ("human", "Hi"), ("gpt", "Hello."), rid="t"),
         _rec([str(photo), str(photo)], ("human", "<image>\n<image>\nSame?"), ("gpt", "Yes."), rid="two"),
     ]) + "\n")
-    ds = load_llava_dataset(mixed)
-    assert ds["id"] == ["t", "two"] and ds[0]["image"] is None and ds[0]["images"] == []
-    assert ds[1]["images"] == [str(photo), str(photo)]
+    good = list(checked_records(mixed))
+    assert [r["id"] for r in good] == ["t", "two"] and record_images(good[0]) == []
+    assert record_images(good[1]) == [str(photo), str(photo)]
 
 
 def _sroie_rows(data_dir: Path) -> dict[str, dict]:
@@ -322,10 +323,10 @@ def test_sroie_prep_dataset_ocr(tmp_path, data_dir):
                 assert _human(r)[len("<image>\n"):] in FIELD_QUESTIONS[field]
                 assert _gpt(r) == row["entities"][field]
 
-    ds = load_llava_dataset(out / "sroie_stage2_val.json")
-    assert len(ds) == len(load_records(out / "sroie_stage2_val.json"))
+    good = list(checked_records(out / "sroie_stage2_val.json"))
+    assert len(good) == len(load_records(out / "sroie_stage2_val.json"))
     # each slice also in the evaluation format, loadable by `vlm eval sroie`
-    from vlm.eval.records import load_records as load_eval_records
+    from vlm.eval.records import load_eval_records
 
     for split in ("train", "val"):
         recs = load_eval_records(out / f"sroie_{split}.jsonl", ("image", "entities"))
@@ -377,7 +378,7 @@ def test_sroie_prep_vendor_swaps(tmp_path, data_dir):
 
 
 def test_sroie_full_vendor_split_is_disjoint_and_near_target(data_dir):
-    from vlm.prep.records import ImageChecker
+    from vlm.records import ImageChecker
     from vlm.prep.sroie import load_receipts, split_vendors, vendor_key
 
     receipts = load_receipts(data_dir / "sroie", None, RecordAccounting(), ImageChecker(decode=False))

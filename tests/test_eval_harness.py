@@ -8,7 +8,7 @@ import pytest
 
 from vlm.cli import main
 from vlm.eval.harness import System, evaluate
-from vlm.eval.records import Record, load_records
+from vlm.eval.records import Record, load_eval_records
 from vlm.eval.report import PredictionLog, RunInfo, open_run
 from vlm.eval.runner import run_system
 
@@ -20,21 +20,21 @@ def _write(path: Path, rows) -> Path:
 
 def test_load_records_resolves_paths_and_reports_bad_lines(tmp_path):
     f = _write(tmp_path / "d.jsonl", [{"image": "img/a.jpg", "answer": "x"}, {"id": "k", "image": "b.jpg", "answer": "y"}])
-    recs = load_records(f, ("image", "answer"))
+    recs = load_eval_records(f, ("image", "answer"))
     assert [r.id for r in recs] == ["1", "k"]
     assert recs[0].image == tmp_path / "img" / "a.jpg"
-    assert len(load_records(f, limit=1)) == 1
+    assert len(load_eval_records(f, limit=1)) == 1
     with pytest.raises(ValueError, match=r"d.jsonl:1: record has no 'question'"):
-        load_records(f, ("question",))
+        load_eval_records(f, ("question",))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"image": "a"}\nnot json\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON"):
-        load_records(bad)
+        load_eval_records(bad)
     dup = _write(tmp_path / "dup.jsonl", [{"id": 1}, {"id": 1}])
     with pytest.raises(ValueError, match="duplicate id '1'"):
-        load_records(dup)
+        load_eval_records(dup)
     with pytest.raises(FileNotFoundError):
-        load_records(tmp_path / "missing.jsonl")
+        load_eval_records(tmp_path / "missing.jsonl")
 
 
 class Interrupt(Exception):

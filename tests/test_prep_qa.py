@@ -136,10 +136,11 @@ def test_prep_qa_writes_balanced_yes_no_and_negatives_absent_from_captions(qa_di
 
 
 def test_qa_records_load_in_the_training_and_eval_readers(qa_dir, tiny_vlm):
-    from vlm.prep.io import load_llava_dataset, load_records
+    from vlm.prep.io import checked_records
+    from vlm.records import load_records
     from vlm.train.data import TrainingSet
     from vlm.eval import vqa
-    from vlm.eval.records import load_records as load_eval_records
+    from vlm.eval.records import load_eval_records
 
     records = load_records(qa_dir / "flickr8k_qa_stage2_train.json")
     ds = TrainingSet(records, tiny_vlm.processor, 16, root=qa_dir, max_length=512)
@@ -148,7 +149,7 @@ def test_qa_records_load_in_the_training_and_eval_readers(qa_dir, tiny_vlm):
     ex = ds.examples[0]
     labelled = tiny_vlm.processor.tokenizer.decode([t for t in ex.labels if t != -100])
     assert answers[0] in labelled
-    assert len(load_llava_dataset(qa_dir / "flickr8k_qa_stage2_dev.json")) > 0
+    assert len(list(checked_records(qa_dir / "flickr8k_qa_stage2_dev.json"))) > 0
     rows = load_eval_records(qa_dir / "flickr8k_vqa_dev.jsonl", ("image", "question", "answer"))
     assert all(r.image.is_file() for r in rows)
     perfect = vqa.score([r.data["answer"].split(" <OR> ")[0] for r in rows], [r.data["answer"] for r in rows],
@@ -202,10 +203,10 @@ def test_is_loop():
 
 
 def test_textonly_with_a_tiny_llm_caches_answers(tmp_path, tiny_llm_dir):
-    from vlm.prep.io import load_records
+    from vlm.records import load_records
     from vlm.prep.textonly import TextOnlyConfig, prepare_textonly
     from vlm.prep.textonly_prompts import DEV_QUESTIONS, train_prompts
-    from vlm.eval.baselines.text_llm import TextLLM
+    from vlm.text_llm import TextLLM
 
     llm = TextLLM(str(tiny_llm_dir), max_new_tokens=12)
     cfg = TextOnlyConfig(model=str(tiny_llm_dir), out=tmp_path, max_new_tokens=12, batch_size=2, limit=3)
@@ -220,7 +221,7 @@ def test_textonly_with_a_tiny_llm_caches_answers(tmp_path, tiny_llm_dir):
     assert all("image" not in r for r in records)
     dev = [json.loads(l) for l in (tmp_path / "textonly_dev.jsonl").read_text().splitlines()]
     assert len(dev) == len(DEV_QUESTIONS) + 16 and not {d["question"] for d in dev} & set(train_prompts())
-    from vlm.eval.records import load_records as load_eval_records
+    from vlm.eval.records import load_eval_records
 
     rows = load_eval_records(tmp_path / "textonly_dev.jsonl", ("image", "question", "answer"))  # vlm eval vqa's reader
     assert all(r.image is None for r in rows)
@@ -229,10 +230,10 @@ def test_textonly_with_a_tiny_llm_caches_answers(tmp_path, tiny_llm_dir):
 
 
 def test_textonly_real_weights_two_prompts(tmp_path, real_vlm):
-    from vlm.prep.io import load_records
+    from vlm.records import load_records
     from vlm.prep.textonly import TextOnlyConfig, prepare_textonly
     from vlm.train.data import TrainingSet
-    from vlm.eval.baselines.text_llm import TextLLM
+    from vlm.text_llm import TextLLM
 
     llm = TextLLM("smollm2-135m-instruct", max_new_tokens=24)
     capital = llm.generate(["What is the capital of France?\nAnswer the question using a single word or phrase."])

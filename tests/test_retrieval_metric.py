@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from vlm.eval.retrieval import chance_recall, recall_at_k
+from vlm.retrieval import chance_recall, recall_at_k
 
 
 def test_perfect_and_reversed_rankings():
@@ -80,7 +80,7 @@ def test_bad_shapes_raise_clear_errors():
 def test_sif_weights_discount_frequent_tokens(smollm2_dir):
     from transformers import AutoTokenizer
 
-    from vlm.eval.retrieval import sif_weights
+    from vlm.retrieval import sif_weights
 
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     texts = ["a dog runs on the grass", "a man rides a bike", "a girl in a red dress"]
@@ -94,7 +94,7 @@ def test_sif_weights_discount_frequent_tokens(smollm2_dir):
 def test_truncated_llm_gives_the_same_hidden_states(smollm2_dir):
     """Running only the first layers of SmolLM2 gives exactly the full model's hidden_states[layer]."""
     from vlm.compose import load_llm
-    from vlm.eval.retrieval import embed_texts, truncated
+    from vlm.retrieval import embed_texts, truncated
 
     model, tok = load_llm(str(smollm2_dir))  # float32: bf16 batches differ from single runs by ~0.05
     texts = ["A dog runs on the beach .", "Two men play soccer on a grassy field while others watch ."]

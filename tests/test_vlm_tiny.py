@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from vlm import VLM
-from vlm.registry import ASSETS
+from vlm.loading import ASSETS
 
 pytestmark = pytest.mark.real
 

@@ -12,7 +12,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import ModelNotFoundError
@@ -51,7 +50,7 @@ def _resolve_base(path: Path, base: str) -> str:
         if (candidate / "adapter_config.json").exists():
             raise ModelNotFoundError(f"adapter base {candidate} is itself an adapter folder; stacked adapters are not supported")
         return str(candidate.resolve())
-    return base  # a shipped name; resolve_model reports it if unknown
+    return base  # a shipped name; vlm.loading.load_model reports it if unknown
 
 
 def is_adapter_folder(path: str | os.PathLike) -> bool:
@@ -71,22 +70,17 @@ def adapter_base(path: str | os.PathLike) -> str:
     return _resolve_base(path, base)
 
 
-def load_peft(path: str | os.PathLike, dtype: torch.dtype = torch.float32, is_trainable: bool = False):
-    """(PeftModel over the base llava, processor) for an adapter folder."""
+def attach(model, processor, path: str | os.PathLike, is_trainable: bool = False):
+    """(PeftModel over ``model``, processor) with the adapter folder's LoRA weights, projector and processor
+    files; ``model`` is the loaded base (see :func:`vlm.loading.load_peft`)."""
     from peft import PeftModel
 
-    from .registry import resolve_model
-
     path = Path(path)
-    base = adapter_base(path)
     meta = json.loads((path / META).read_text()) if (path / META).exists() else {}
-    try:
-        model, processor = resolve_model(base, dtype)
-    except ModelNotFoundError as exc:
-        raise ModelNotFoundError(f"base model of adapter {path} not found: {exc}") from None
     peft_model = PeftModel.from_pretrained(model, path, is_trainable=is_trainable)
     proj_file = path / meta.get("projector", PROJECTOR)
     if proj_file.exists():
+        dtype = next(_projector(_llava(peft_model)).parameters()).dtype
         state = {k: v.to(dtype) for k, v in load_file(proj_file).items()}
         _projector(_llava(peft_model)).load_state_dict(state)
     if (path / "tokenizer_config.json").exists():
@@ -97,13 +91,6 @@ def load_peft(path: str | os.PathLike, dtype: torch.dtype = torch.float32, is_tr
     return peft_model, processor
 
 
-def load_adapter_folder(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
-    """(llava model with the LoRA layers in place, unmerged; processor) for ``VLM.load``."""
-    peft_model, processor = load_peft(path, dtype)
-    return _llava(peft_model).eval(), processor
-
-
-def merged(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
-    """(plain llava model with the LoRA merged in, processor)."""
-    peft_model, processor = load_peft(path, dtype)
-    return peft_model.merge_and_unload().eval(), processor
+def unwrap(peft_model):
+    """The llava model inside a PEFT model (LoRA layers in place, unmerged)."""
+    return _llava(peft_model)

@@ -19,7 +19,7 @@ from .clip import CLIP_FOLDER
 from .config import GenerationOptions, InputLimits
 from .images import ImageInput
 from .messages import normalise, user_turn
-from .registry import resolve_model
+from .loading import load_model
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 # Measured on this CPU (SmolLM2-135M, bench/): bf16 prefill is ~3x faster than fp32, but decode is ~15%
@@ -41,7 +41,7 @@ def as_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 def _carried_clip(name_or_path) -> Path | None:
     """The ``clip/`` subfolder of a model folder or shipped model, if it has one."""
-    from .registry import model_path
+    from .loading import model_path
 
     folder = model_path(name_or_path) / CLIP_FOLDER
     return folder if folder.is_dir() else None
@@ -81,7 +81,7 @@ class VLM:
         output-preserving ones measured to help, a spec such as ``"int8+reuse"``, an ``InferenceOptions``,
         or ``None`` for the plain transformers model.
         """
-        model, processor = resolve_model(name_or_path, as_dtype(dtype))
+        model, processor = load_model(name_or_path, as_dtype(dtype))
         kw.setdefault("name", str(name_or_path))
         if kw.get("clip") is None:
             kw["clip"] = _carried_clip(name_or_path)

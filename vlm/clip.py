@@ -73,7 +73,7 @@ def is_clip_folder(folder: str | os.PathLike) -> bool:
 def find_clip(name_or_path: str | os.PathLike) -> Path:
     """The CLIP folder of ``name_or_path``: the folder itself, or its ``clip/`` subfolder (also for a shipped
     model name). Raises :class:`ClipNotFoundError` when there is none."""
-    from .registry import model_path
+    from .loading import model_path
 
     path = model_path(name_or_path)
     if not path.is_dir():

@@ -18,7 +18,7 @@ Contract:
   features and ``logit_scale`` match the model in memory (with the stored weights rounded to ``dtype``), so a
   folder that does not round-trip is never reported as written.
 - :func:`load_clip_parts` composes a stock ``VisionTextDualEncoderModel`` in memory: the registered tower
-  (:func:`vlm.vision.load_vision`: fetched through :mod:`vlm.hub` on first use, resized to
+  (:func:`vlm.vision.load_vision`: fetched through :mod:`vlm.registry` on first use, resized to
   ``vision_image_size``), cut to ``vision_layers`` (:func:`vlm.vision.truncate`), and the stored parts.
 - :func:`save_stock` materialises a plain folder from it, which the stock class loads
   (``VisionTextDualEncoderModel.from_pretrained``), with the processor and ``lit.json`` beside it.
@@ -60,11 +60,11 @@ def _head_state(model) -> dict:
 
 def registered_tower(base_vision: str, image_size: int, layers: int):
     """The registered tower (float32) at ``image_size``, cut to ``layers`` layers: a compact CLIP's image side."""
-    from . import hub
+    from . import registry
     from .vision import load_vision, truncate
 
-    if base_vision not in hub.VISION_REGISTRY:
-        known = ", ".join(sorted(hub.VISION_REGISTRY))
+    if base_vision not in registry.VISION_REGISTRY:
+        known = ", ".join(sorted(registry.VISION_REGISTRY))
         raise ValueError(f"base_vision {base_vision!r} is not a registered tower (registered: {known})")
     tower, _ = load_vision(base_vision, torch.float32, image_size)
     return truncate(tower.eval(), layers)

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-from . import hub
+from . import registry
 from .errors import ModelNotFoundError
 from .processor import build_processor, ensure_image_token
 from .vision import feature_strategy, image_token_count, load_vision
@@ -25,14 +25,14 @@ DEFAULT_FEATURE_LAYER = -2  # LLaVA-1.5: the second-to-last layer
 
 
 def _llm_not_found(llm, path: str, exc: Exception) -> ModelNotFoundError:
-    tried = f"registered name -> {path}" if str(llm) in hub.LLM_REGISTRY else f"path or hub id {path!r}"
-    known = ", ".join(sorted(hub.LLM_REGISTRY))
+    tried = f"registered name -> {path}" if str(llm) in registry.LLM_REGISTRY else f"path or hub id {path!r}"
+    known = ", ".join(sorted(registry.LLM_REGISTRY))
     return ModelNotFoundError(f"could not load LLM {str(llm)!r} (tried: {tried}; registered names: {known}): {exc}")
 
 
 def load_llm(llm: str | os.PathLike, dtype: torch.dtype = torch.float32):
     """(model, tokenizer) for a registered name, a local folder or a hub id the user has cached."""
-    path = hub.resolve_llm(llm)
+    path = registry.resolve_llm(llm)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as exc:
@@ -42,7 +42,7 @@ def load_llm(llm: str | os.PathLike, dtype: torch.dtype = torch.float32):
 
 def load_tokenizer(llm: str | os.PathLike):
     """The tokenizer of an LLM (registered name, local folder or cached hub id), without loading its weights."""
-    path = hub.resolve_llm(llm)
+    path = registry.resolve_llm(llm)
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:

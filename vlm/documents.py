@@ -198,12 +198,6 @@ def iter_pages(
     return _image_pages(source, pages, limits)
 
 
-def page_images(source: ImageInput, pages=None, **kw) -> Iterator[Image.Image]:
-    for page in iter_pages(source, pages, **kw):
-        yield page.image
-
-
-
 def ocr_document(source: ImageInput, pages=None, *, dpi: float | None = None) -> list:
     """OCR lines of every selected page, in page order then reading order (``line.page`` is 1-based)."""
     from dataclasses import replace

@@ -6,7 +6,9 @@ from typing import Any
 from .config import InputLimits
 from .errors import InputError
 from .images import ImageInput, load_image
-from .processor import IMAGE_TOKEN
+from .records import IMAGE_TOKEN
+
+SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5's short-answer prompt suffix
 
 _ROLES = {"system", "user", "assistant"}
 

@@ -2,7 +2,7 @@
 
 ``run_ocr(image)`` returns :class:`OcrLine` objects sorted into reading order (see :func:`reading_order`).
 Results are cached per image content: the key is the sha256 of the decoded RGB pixels (plus size and the
-OCR/ordering version), kept in memory and as JSON under ``vlm.hub.cache_dir()/ocr``. Set
+OCR/ordering version), kept in memory and as JSON under ``vlm.registry.cache_dir()/ocr``. Set
 ``VLM_OCR_THREADS`` to change the number of onnxruntime threads (default: up to 4).
 """
 from __future__ import annotations
@@ -76,7 +76,7 @@ def clear_memory_cache() -> None:
 
 
 def _cache_path(key: str) -> Path:
-    from .hub import cache_dir
+    from .registry import cache_dir
 
     return cache_dir() / "ocr" / key[:2] / f"{key}.json"
 

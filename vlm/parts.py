@@ -12,11 +12,11 @@ Only what training changed is stored, all weights bf16 safetensors::
                               optional: ``vlm export --format clip-parts --out PARTS/clip``; ``vlm eval retrieval``)
 
 A registered (fetched) tower is not stored: the manifest names it (``"base_vision": "dinov2-vits14"``)
-with the input size it runs at (``"vision_image_size"``), and loading fetches it through :mod:`vlm.hub`
+with the input size it runs at (``"vision_image_size"``), and loading fetches it through :mod:`vlm.registry`
 like the base LLM. Saving checks that the model's tower still equals the registered one at that size.
 Format 1 folders (tower always stored) load unchanged.
 
-Loading takes the base LLM from :mod:`vlm.hub` (a registered name, or a folder), composes it with the
+Loading takes the base LLM from :mod:`vlm.registry` (a registered name, or a folder), composes it with the
 tower, restores the added rows, the projector and the adapter, and optionally merges the LoRA.
 """
 from __future__ import annotations
@@ -42,11 +42,11 @@ def _bf16(state: dict) -> dict:
 
 def _check_registered_tower(tower, base_vision: str) -> None:
     """The tower must equal the registered one at the tower's input size (compared in the parts' bf16)."""
-    from . import hub
+    from . import registry
     from .vision import load_vision
 
-    if base_vision not in hub.VISION_REGISTRY:
-        known = ", ".join(sorted(hub.VISION_REGISTRY))
+    if base_vision not in registry.VISION_REGISTRY:
+        known = ", ".join(sorted(registry.VISION_REGISTRY))
         raise ValueError(f"base_vision {base_vision!r} is not a registered tower (registered: {known})")
     reference, _ = load_vision(base_vision, torch.float32, tower.config.image_size)
     ours = tower.state_dict()

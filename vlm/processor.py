@@ -10,7 +10,7 @@ from transformers import LlavaProcessor
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
-IMAGE_TOKEN = "<image>"
+from .records import IMAGE_TOKEN
 
 _PRELUDE = (
     "{%- set vlm_ns = namespace(messages=[]) -%}"

@@ -3,7 +3,7 @@
 
 Contract:
 - :func:`load_vision` takes a vision config (a fresh, randomly initialised tower), a registered tower name
-  (:data:`vlm.hub.VISION_REGISTRY`, fetched and converted on first use), a local folder or a cached hub id,
+  (:data:`vlm.registry.VISION_REGISTRY`, fetched and converted on first use), a local folder or a cached hub id,
   and returns the tower with the image statistics found beside it. A folder of a two-tower model (a full
   CLIP or SigLIP checkpoint) gives its vision tower.
 - :func:`resize` sets the tower's input size: its position table is resampled once by the tower's own
@@ -27,7 +27,7 @@ import os
 
 import torch
 
-from . import hub
+from . import registry
 from .errors import ModelNotFoundError
 
 
@@ -60,12 +60,12 @@ def load_vision(vision, dtype: torch.dtype = torch.float32, image_size: int | No
     if isinstance(vision, PretrainedConfig):
         tower = _tower_class(vision)(vision)
         return resize(tower, image_size).to(dtype), {}
-    path = hub.resolve_vision(vision)
+    path = registry.resolve_vision(vision)
     try:
         config = tower_config(path)
         tower = _tower_class(config).from_pretrained(path, config=config, dtype=torch.float32, use_safetensors=True)
     except (OSError, ValueError) as exc:
-        known = ", ".join(sorted(hub.VISION_REGISTRY))
+        known = ", ".join(sorted(registry.VISION_REGISTRY))
         raise ModelNotFoundError(f"could not load vision tower {str(vision)!r} (registered names: {known}): {exc}") from None
     return resize(tower, image_size).to(dtype), image_statistics(path)
 

@@ -6,7 +6,7 @@ path B, baseline, ...) so machine drift hits every path alike; figures are media
 from __future__ import annotations
 
 import copy
-import json
+import itertools
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
-from . import machine
+from vlm import memory
+from vlm.records import read_jsonl
+
 from .machine import median
 
 
@@ -36,10 +38,8 @@ class InferenceConfig:
 # -- inputs ------------------------------------------------------------------------------------------
 def load_samples(data_dir: Path, n: int) -> list[dict]:
     """Up to ``n`` Flickr8k dev records with absolute image paths."""
-    lines = (data_dir / "dev.jsonl").read_text().splitlines()[:n]
     out = []
-    for line in lines:
-        rec = json.loads(line)
+    for _, rec in itertools.islice(read_jsonl(data_dir / "dev.jsonl"), n):
         rec["path"] = str(data_dir / rec["image"])
         out.append(rec)
     if not out:
@@ -219,8 +219,8 @@ def measure_rss(paths, images: list, cfg: InferenceConfig) -> dict[str, dict]:
     imgs = [images[i % len(images)] for i in range(bs)]
     out = {}
     for p in paths:
-        before = machine.current_rss_bytes()
-        with machine.peak_rss() as box:
+        before = memory.current_rss_bytes()
+        with memory.peak_rss() as box:
             _timed(p, imgs, [cfg.question] * bs, cfg.batch_tokens, forced=True)
         out[p.name] = {"peak_rss_mb": round(box["peak"] / 2**20, 1),
                        "extra_mb": round((box["peak"] - before) / 2**20, 1) if box["reset"] else None}

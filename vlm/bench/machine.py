@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import platform
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -65,49 +64,6 @@ def matmul_peak(dtype: torch.dtype = torch.bfloat16, size: int = 1024, repeats: 
             a @ b
         best = min(best, (time.perf_counter() - t) / inner)
     return 2 * size**3 / best
-
-
-def peak_rss_bytes() -> int:
-    """The process's peak resident set (VmHWM), in bytes."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def current_rss_bytes() -> int:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux ``clear_refs`` 5). False where unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-@contextmanager
-def peak_rss():
-    """``with peak_rss() as r: ...`` then ``r["peak"]`` = peak RSS bytes during the block (whole process)."""
-    box = {"reset": reset_peak_rss(), "peak": 0}
-    try:
-        yield box
-    finally:
-        box["peak"] = peak_rss_bytes()
 
 
 @dataclass

@@ -9,7 +9,7 @@ import importlib
 import sys
 
 COMMANDS: dict[str, str] = {
-    "bench": "vlm.bench.cli",
+    "bench": "vlm.cli.bench",
     "ask": "vlm.cli.ask",
     "info": "vlm.cli.info",
     "eval": "vlm.cli.eval",

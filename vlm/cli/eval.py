@@ -132,11 +132,11 @@ def run(args) -> int:
 def _sroie(args) -> dict:
     from vlm.eval import sroie
     from vlm.eval.harness import System, evaluate
-    from vlm.eval.records import load_records
+    from vlm.eval.records import load_eval_records
     from vlm.eval.report import RunInfo
 
     names = _systems(args)
-    records = load_records(args.data, ("image", "entities"), args.limit)
+    records = load_eval_records(args.data, ("image", "entities"), args.limit)
     load = _ModelLoader(args)
     gen = _gen(args)
 
@@ -181,11 +181,11 @@ def _torch_dtype(name):
 def _captions(args) -> dict:
     from vlm.eval import captions
     from vlm.eval.harness import System, evaluate
-    from vlm.eval.records import load_records
+    from vlm.eval.records import load_eval_records
     from vlm.eval.report import RunInfo
 
     names = _systems(args)
-    records = load_records(args.data, ("image", "captions"), args.limit)
+    records = load_eval_records(args.data, ("image", "captions"), args.limit)
     load = _ModelLoader(args)
     gen = {"max_new_tokens": 40, "num_beams": captions.DEFAULT_BEAMS, **_gen(args)}
     prompt = args.prompt or captions.DEFAULT_PROMPT
@@ -198,7 +198,7 @@ def _captions(args) -> dict:
         from vlm.eval.baselines.nearest_neighbour import NearestNeighbourCaptioner, TowerEmbedder
 
         evaluated = {r.image.resolve() for r in records}
-        train = [r for r in load_records(train_path, ("image", "captions")) if r.image.resolve() not in evaluated]
+        train = [r for r in load_eval_records(train_path, ("image", "captions")) if r.image.resolve() not in evaluated]
         return NearestNeighbourCaptioner(TowerEmbedder(load()), train, k=args.nn_k, progress=not args.no_progress)
 
     makers = {
@@ -234,20 +234,20 @@ def _train_path(args) -> Path:
 def _vqa(args) -> dict:
     from vlm.eval import vqa
     from vlm.eval.harness import System, evaluate
-    from vlm.eval.records import load_records
+    from vlm.eval.records import load_eval_records
     from vlm.eval.report import RunInfo
 
     names = _systems(args)
-    records = load_records(args.data, ("image", "question", "answer"), args.limit)
+    records = load_eval_records(args.data, ("image", "question", "answer"), args.limit)
     load = _ModelLoader(args)
     gen = {"max_new_tokens": 16, **_gen(args)}
     suffix = vqa.SHORT_ANSWER if args.suffix is None else args.suffix
     if args.prior_train:
-        prior_records = load_records(args.prior_train, ("question", "answer"))
+        prior_records = load_eval_records(args.prior_train, ("question", "answer"))
         prior_source = f"{Path(args.prior_train).resolve()} ({len(prior_records)} questions)"
     else:
         prior_records, prior_source = records, "the evaluated file (optimistic)"
-    from vlm.eval.baselines.text_llm import TextLLM
+    from vlm.text_llm import TextLLM
 
     makers = {
         "model": System("model", lambda: vqa.model_predictor(load(), suffix, **gen), batch_size=args.batch_size,

@@ -1,9 +1,10 @@
 """Read an evaluation data file (JSONL): one record a line, image paths relative to the file's folder."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from vlm.records import read_jsonl
 
 
 @dataclass
@@ -15,7 +16,7 @@ class Record:
     data: dict = field(default_factory=dict)
 
 
-def load_records(path: str | Path, required: tuple[str, ...] = (), limit: int | None = None) -> list[Record]:
+def load_eval_records(path: str | Path, required: tuple[str, ...] = (), limit: int | None = None) -> list[Record]:
     """Records of a JSONL file, checked for the ``required`` keys; ``limit`` keeps the first N."""
     path = Path(path)
     if not path.is_file():
@@ -24,28 +25,21 @@ def load_records(path: str | Path, required: tuple[str, ...] = (), limit: int | 
         raise ValueError(f"--limit must be at least 1, got {limit}")
     records: list[Record] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(data, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(data).__name__}")
-            missing = [k for k in required if k not in data]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: record has no {', '.join(repr(k) for k in missing)}")
-            rid = str(data.get("id", lineno))
-            if rid in seen:
-                raise ValueError(f"{path}:{lineno}: duplicate id {rid!r}")
-            seen.add(rid)
-            image = data.get("image")
-            image_path = None if image is None else (path.parent / str(image))
-            records.append(Record(rid, image_path, data))
-            if limit is not None and len(records) >= limit:
-                break
+    for lineno, data in read_jsonl(path):
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(data).__name__}")
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise ValueError(f"{path}:{lineno}: record has no {', '.join(repr(k) for k in missing)}")
+        rid = str(data.get("id", lineno))
+        if rid in seen:
+            raise ValueError(f"{path}:{lineno}: duplicate id {rid!r}")
+        seen.add(rid)
+        image = data.get("image")
+        image_path = None if image is None else (path.parent / str(image))
+        records.append(Record(rid, image_path, data))
+        if limit is not None and len(records) >= limit:
+            break
     if not records:
         raise ValueError(f"data file {path} has no records")
     return records

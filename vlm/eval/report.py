@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from vlm.records import read_jsonl
+
 PREDICTIONS = "predictions.jsonl"
 REPORT = "report.json"
 RUN = "run.json"
@@ -32,11 +34,7 @@ class PredictionLog:
         self.path = Path(path)
         self._rows: dict[tuple[str, str], dict] = {}
         if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # torn write from an interrupted run: that example is redone
+            for _, row in read_jsonl(self.path, strict=False):  # None: a torn write, that example is redone
                 if isinstance(row, dict) and "system" in row and "id" in row:
                     self._rows[(row["system"], str(row["id"]))] = row
 

@@ -3,7 +3,7 @@
 check of :mod:`vlm.eval.retrieval_zeroshot`.
 
 ``vision`` is a CLIP folder, or a shipped name / parts folder that carries one (see
-:func:`vlm.clip.find_clip`). Uses :func:`vlm.eval.retrieval.recall_at_k`. Records are
+:func:`vlm.clip.find_clip`). Uses :func:`vlm.retrieval.recall_at_k`. Records are
 ``{"image", "captions": [...]}``; every caption is a text to retrieve. Retrieval is one similarity
 matrix, so it is recomputed on every run (no resume); predictions.jsonl holds, per image, its top-5
 captions and the rank of its best-ranked own caption (0 = first).
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .records import load_records
+from .records import load_eval_records
 from .report import RunInfo, open_run, write_report
 
 
@@ -41,10 +41,10 @@ def evaluate_retrieval(data, vision, out, *, limit=None, batch_size: int = 64, d
     from vlm.clip import Clip, find_clip
 
     from . import retrieval_zeroshot as zs
-    from .retrieval import chance_recall, recall_at_k
+    from vlm.retrieval import chance_recall, recall_at_k
 
     folder = find_clip(vision)
-    records = load_records(data, ("image", "captions"), limit)
+    records = load_eval_records(data, ("image", "captions"), limit)
     start = time.perf_counter()
     clip = Clip.load(folder, dtype or torch.float32, flip_average)
     info = RunInfo("retrieval", str(Path(data).resolve()), str(Path(folder).resolve()),

@@ -1,4 +1,4 @@
-"""Text normalisation used by the metrics: SROIE whitespace rules, VQA answer rules, caption tokens.
+"""Text normalisation used by the metrics: SROIE whitespace rules, VQA answer rules and question types, caption tokens.
 
 All functions are pure and documented with the exact rules, so a score can be reproduced by hand.
 """
@@ -90,3 +90,20 @@ def simple_caption_tokens(text: str) -> str:
     plain English captions (it differs on clitics: PTB splits "dog's" into "dog 's").
     """
     return _WS.sub(" ", _CAPTION_DROP.sub(" ", str(text).lower())).strip()
+
+
+def question_type(question: str) -> str:
+    """A coarse question type: "yes/no", "number", "color", or the question's first two words."""
+    q = normalise_answer(question)
+    words = q.split()
+    if not words:
+        return "other"
+    if q.startswith(("how many", "how much")) or words[0] == "number":
+        return "number"
+    if "color" in words or "colour" in words:
+        return "color"
+    if words[0] in {"is", "are", "was", "were", "do", "does", "did", "can", "could", "will", "would",
+                    "should", "has", "have", "had", "may", "might", "must", "shall", "isn't", "aren't",
+                    "don't", "doesn't"}:
+        return "yes/no"
+    return " ".join(words[:2])

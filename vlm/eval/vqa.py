@@ -12,10 +12,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from .records import Record
-from .text_norm import normalise_answer, split_alternatives
+from vlm.messages import SHORT_ANSWER
 
-SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5's short-answer prompt
+from .records import Record
+from .text_norm import normalise_answer, question_type, split_alternatives
+
 
 
 def is_correct(prediction: str | None, answer: str) -> bool:
@@ -32,23 +33,6 @@ def is_relaxed_correct(prediction: str | None, answer: str) -> bool:
         if alt and re.search(rf"(^| ){re.escape(alt)}( |$)", pred):
             return True
     return False
-
-
-def question_type(question: str) -> str:
-    """A coarse question type: "yes/no", "number", "color", or the question's first two words."""
-    q = normalise_answer(question)
-    words = q.split()
-    if not words:
-        return "other"
-    if q.startswith(("how many", "how much")) or words[0] == "number":
-        return "number"
-    if "color" in words or "colour" in words:
-        return "color"
-    if words[0] in {"is", "are", "was", "were", "do", "does", "did", "can", "could", "will", "would",
-                    "should", "has", "have", "had", "may", "might", "must", "shall", "isn't", "aren't",
-                    "don't", "doesn't"}:
-        return "yes/no"
-    return " ".join(words[:2])
 
 
 def score(predictions: Sequence[str | None], answers: Sequence[str], questions: Sequence[str] | None = None) -> dict:

@@ -7,10 +7,10 @@ The training format is the one LLaVA and TinyLLaVA read::
 
 Multi-turn records (human/gpt alternating) and text-only records (no ``image``) are allowed.
 Image paths are written **relative to the folder of the JSON file that holds them** (absolute paths
-are accepted too); :func:`vlm.prep.io.load_llava_dataset` resolves them to absolute paths.
+are accepted too). The format itself (reading, checks, bad-record accounting) is in the core,
+:mod:`vlm.records`.
 
-- :mod:`vlm.prep.records`: record checks (:func:`validate_record`) and bad-record accounting.
-- :mod:`vlm.prep.io`: reading and writing record files, the ``datasets`` loader.
+- :mod:`vlm.prep.io`: writing record files, reading them back with bad records counted.
 - :mod:`vlm.prep.prompts`: the seeded prompt pools.
 - :mod:`vlm.prep.flickr8k`, :mod:`vlm.prep.sroie`: the two preparations.
 - :mod:`vlm.prep.qa` (with :mod:`~vlm.prep.qa_facts`, :mod:`~vlm.prep.qa_vocab`): short-answer questions
@@ -18,15 +18,8 @@ are accepted too); :func:`vlm.prep.io.load_llava_dataset` resolves them to absol
   chats answered by the base LLM.
 - :mod:`vlm.prep.cli`: ``vlm prep ...``.
 """
-from .io import load_llava_dataset, load_pairs_dataset, load_records, write_records
-from .records import BadRecordError, RecordAccounting, validate_record
+from vlm.records import BadRecordError, RecordAccounting, load_records, validate_record
 
-__all__ = [
-    "BadRecordError",
-    "RecordAccounting",
-    "load_llava_dataset",
-    "load_pairs_dataset",
-    "load_records",
-    "validate_record",
-    "write_records",
-]
+from .io import write_records
+
+__all__ = ["BadRecordError", "RecordAccounting", "load_records", "validate_record", "write_records"]

@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(mix(cfg), indent=2))
         return 0
     from .io import checked_records
-    from .records import RecordAccounting
+    from vlm.records import RecordAccounting
 
     acc = RecordAccounting(strict=args.strict)
     for path in args.files:

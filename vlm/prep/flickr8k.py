@@ -19,7 +19,6 @@ Outputs in ``out_dir`` (``{split}`` is ``train`` and ``dev``; image paths relati
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass
@@ -27,7 +26,8 @@ from pathlib import Path
 
 from .io import image_ref, write_json, write_records
 from .prompts import CAPTION_PROMPTS, DETAIL_PROMPTS, FOLLOWUP_PROMPTS, QUESTION_PROMPTS, pick, rng_for
-from .records import (
+from vlm.records import (
+    read_jsonl,
     EMPTY_CAPTION,
     MALFORMED,
     ImageChecker,
@@ -195,13 +195,8 @@ def _read_source(path: Path, limit: int | None) -> list:
     if not path.is_file():
         raise FileNotFoundError(f"Flickr8k split file not found: {path} (is --src the flickr8k folder?)")
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            rows.append(None)
+    for _, row in read_jsonl(path, strict=False):
+        rows.append(row)  # None: a line that is not JSON, counted as malformed by the caller
         if limit is not None and len(rows) >= limit:
             break
     return rows

@@ -8,7 +8,9 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .io import image_ref, load_records, write_records
+from vlm.records import load_records
+
+from .io import image_ref, write_records
 
 
 @dataclass

@@ -23,7 +23,7 @@ Outputs in ``out`` (``{split}`` = ``train``, ``dev``):
 
 - ``flickr8k_qa_stage2_{split}.json``: LLaVA records, one per image and ``turns`` questions (more records
   for more questions), the image in the first turn; the question is followed by LLaVA-1.5's short-answer
-  instruction (:data:`vlm.eval.vqa.SHORT_ANSWER`) in a ``suffix_share`` of the turns, bare otherwise;
+  instruction (:data:`vlm.messages.SHORT_ANSWER`) in a ``suffix_share`` of the turns, bare otherwise;
 - ``flickr8k_vqa_{split}.jsonl``: ``{"id", "image", "question", "answer", "type"}`` per question in the
   format of ``vlm eval vqa`` (image paths relative to ``out``); each image's questions in a seeded order,
   then round by round (each image's first question, then each image's second, ...), so that ``--limit N``
@@ -43,7 +43,7 @@ from .io import image_ref, write_json, write_records
 from .prompts import rng_for
 from .qa_facts import PEOPLE_KEY, PERSON, ImageFacts, caption_facts, image_facts, load_parser
 from .qa_vocab import ANIMAL_PLURALS, CLOTHING, COLOURS, NUMBER_NAMES, PEOPLE
-from .records import EMPTY_CAPTION, MALFORMED, ImageChecker, RecordAccounting, RecordProblem, check_pair, check_record
+from vlm.records import EMPTY_CAPTION, MALFORMED, ImageChecker, RecordAccounting, RecordProblem, check_pair, check_record, read_jsonl
 
 SPLITS = ("train", "dev")
 IMG = "<image>\n"
@@ -272,7 +272,7 @@ def questions(facts: ImageFacts, rng: random.Random, yes_no: YesNoSampler) -> li
 def training_records(key: str, image: str, qas: list[QA], seed: int, turns: int, suffix_share: float) -> list[dict]:
     """LLaVA records of one image: its questions in a seeded order, ``turns`` to a record, the image in each
     record's first turn; a ``suffix_share`` of the questions carry the short-answer instruction."""
-    from vlm.eval.vqa import SHORT_ANSWER
+    from vlm.messages import SHORT_ANSWER
 
     rng = rng_for(seed, key, "qa-records")
     order = list(qas)
@@ -294,15 +294,17 @@ def _read_split(src: Path, split: str, limit: int | None, acc: RecordAccounting,
     if not path.is_file():
         raise FileNotFoundError(f"Flickr8k split file not found: {path} (is --src the flickr8k folder?)")
     out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+    for lineno, row in read_jsonl(path, strict=False):
+        i = lineno - 1
         if limit is not None and i >= limit:
             break
         try:
-            row = json.loads(line)
+            if row is None:
+                raise ValueError("the line is not valid JSON")
             image, captions = row["image"], row["captions"]
             if not isinstance(image, str) or not isinstance(captions, list):
                 raise TypeError("not an {image, captions} object")
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             acc.reject(RecordProblem(MALFORMED, f"line {i + 1}: {exc}"), f"#{i}", str(path))
             continue
         key = Path(image).stem

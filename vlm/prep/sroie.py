@@ -42,7 +42,7 @@ from typing import Callable
 
 from .io import image_ref, write_json, write_records
 from .prompts import FIELD_QUESTIONS, READ_PROMPTS, pick, rng_for
-from .records import MALFORMED, ImageChecker, RecordAccounting, RecordProblem, check_record
+from vlm.records import MALFORMED, ImageChecker, RecordAccounting, RecordProblem, check_record, read_jsonl
 
 FIELDS = ("company", "date", "address", "total")
 OCR_MODES = ("rapidocr", "dataset")
@@ -153,19 +153,19 @@ def load_receipts(src: Path, limit: int | None, acc: RecordAccounting, images: I
     if not index.is_file():
         raise FileNotFoundError(f"SROIE index not found: {index} (is --src the sroie folder?)")
     out = []
-    for i, line in enumerate(index.read_text(encoding="utf-8").splitlines()):
+    for lineno, row in read_jsonl(index, strict=False):
+        i = lineno - 1
         if limit is not None and i >= limit:
             break
-        if not line.strip():
-            continue
         try:
-            row = json.loads(line)
+            if row is None:
+                raise ValueError("the line is not valid JSON")
             rid, entities = str(row["id"]), row["entities"]
             image, ocr_file = src / row["image"], src / row["ocr"]
             scale = float(row.get("scale", 1.0))
             if not isinstance(entities, dict) or not all(isinstance(v, str) for v in entities.values()):
                 raise TypeError("entities must map field names to strings")
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             acc.reject(RecordProblem(MALFORMED, f"line {i + 1}: {type(exc).__name__}: {exc}"), f"#{i}", str(index))
             continue
         problem = images(image)

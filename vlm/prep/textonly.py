@@ -28,8 +28,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlm.records import check_record, read_jsonl
+
 from .io import write_json, write_records
-from .records import check_record
 from .textonly_prompts import dev_questions, train_prompts
 
 
@@ -82,10 +83,8 @@ def read_cache(path: Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
     out = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            out[row["key"]] = row
+    for _, row in read_jsonl(path):
+        out[row["key"]] = row
     return out
 
 
@@ -96,7 +95,7 @@ def record(i: int, prompt: str, answer: str) -> dict:
 def prepare_textonly(cfg: TextOnlyConfig, progress: bool = False, llm=None) -> dict:
     """Answers the training prompts with the base LLM (cached), writes the records and the dev set.
 
-    ``llm`` (a :class:`vlm.eval.baselines.text_llm.TextLLM`) replaces loading ``cfg.model`` (tests).
+    ``llm`` (a :class:`vlm.text_llm.TextLLM`) replaces loading ``cfg.model`` (tests).
     """
     t0 = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +111,7 @@ def prepare_textonly(cfg: TextOnlyConfig, progress: bool = False, llm=None) -> d
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if llm is None:
-            from vlm.eval.baselines.text_llm import TextLLM
+            from vlm.text_llm import TextLLM
 
             llm = TextLLM(cfg.model, cfg.max_new_tokens)
         llm.max_new_tokens = cfg.max_new_tokens

@@ -25,12 +25,12 @@ def free_port() -> int:
 
 
 def resolve_model(model: str, out_dir: Path) -> str:
-    """``"tiny"``: a tiny random model (``vlm.bench.cli.tiny_vlm``: 2-layer Llama with SmolLM2's tokenizer, tiny
+    """``"tiny"``: a tiny random model (``vlm.tiny.tiny_vlm``: 2-layer Llama with SmolLM2's tokenizer, tiny
     CLIP tower) saved under ``out_dir``, for runs that exercise the server rather than the model; any other
     name or path is passed to ``vlm serve --model`` as it is."""
     if model != "tiny":
         return model
-    from vlm.bench.cli import tiny_vlm
+    from vlm.tiny import tiny_vlm
 
     return str(tiny_vlm().save(Path(out_dir) / "tiny-vlm"))
 

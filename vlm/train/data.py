@@ -6,7 +6,7 @@ prefix before it (with the generation prompt) and the prefix through it. Tokens 
 span (or straddling its start, like a space-prefixed first word) are labelled; trailing whitespace-only tokens after the end-of-turn token are not. Nothing depends on
 the template's marker strings, so ChatML, Llama-3 or Vicuna templates all work.
 
-Bad records are skipped and counted by reason (``vlm.prep.records`` checks plus ``too_long`` and
+Bad records are skipped and counted by reason (``vlm.records`` checks plus ``too_long`` and
 ``template_mismatch`` here, ``unreadable_image`` when the tower cannot read a file); a long run never dies
 on one.
 """
@@ -20,14 +20,12 @@ from pathlib import Path
 
 import torch
 
-from vlm.prep.records import ImageChecker, check_record, record_images, resolve_path
+from vlm.records import IMAGE_TOKEN, UNREADABLE_IMAGE, ImageChecker, check_record, record_images, resolve_path
 
 IGNORE_INDEX = -100
-IMAGE_TOKEN = "<image>"
 ROLE_MAP = {"human": "user", "gpt": "assistant", "system": "system"}
 TOO_LONG = "too_long"
 TEMPLATE_MISMATCH = "template_mismatch"
-UNREADABLE_IMAGE = "unreadable_image"
 
 
 @dataclass

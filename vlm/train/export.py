@@ -37,9 +37,9 @@ def export_llava(model_dir, out, dtype) -> Path:
     """Merge and save. Works on adapter folders and parts folders."""
     model_dir, out = Path(model_dir), Path(out)
     if (model_dir / "adapter_config.json").exists():
-        from vlm.adapters import merged
+        from vlm.loading import load_merged
 
-        model, processor = merged(model_dir, dtype)
+        model, processor = load_merged(model_dir, dtype)
     elif (model_dir / "vlm_parts.json").exists():
         from vlm.parts import load_parts
 
@@ -55,7 +55,7 @@ def export_llava(model_dir, out, dtype) -> Path:
 
 def export_parts(model_dir, out, base_llm: str, base_vision: str | None = None) -> Path:
     from vlm import compose
-    from vlm.adapters import load_peft
+    from vlm.loading import load_peft
     from vlm.parts import save_parts
 
     model_dir = Path(model_dir)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -114,16 +113,6 @@ class FeatureCache:
             self.dir.mkdir(parents=True, exist_ok=True)
             info = {"fingerprint": self.fingerprint, "tower": model.model.vision_tower.config.to_dict()}
             (self.dir / "tower.json").write_text(json.dumps(info, indent=2, default=str))
-
-    def prune_others(self) -> list[Path]:
-        """Delete entries of other towers under the same root (opt-in housekeeping)."""
-        removed = []
-        if self.enabled and self.dir.parent.is_dir():
-            for d in self.dir.parent.iterdir():
-                if d.is_dir() and d != self.dir:
-                    shutil.rmtree(d, ignore_errors=True)
-                    removed.append(d)
-        return removed
 
 
 def ensure_features(model, processor, images: dict[str, Path], cache: FeatureCache, batch_size: int = 32,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import shutil
 import sys
 import time
@@ -19,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vlm.prep.io import load_records
+from vlm.memory import peak_memory_mb
+from vlm.records import load_records
 
 from . import checkpoint
 from .config import TrainConfig
@@ -69,12 +69,6 @@ def trainable_sha256(model) -> str:
             h.update(name.encode())
             h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 class MetricsLog:

@@ -25,8 +25,7 @@ class AnswerPrior:
     @classmethod
     def fit(cls, pairs: Iterable[tuple[str, str]]) -> "AnswerPrior":
         """From ``(question, answer)`` pairs; ``answer`` may list alternatives joined by ``<OR>``."""
-        from ..text_norm import normalise_answer, split_alternatives
-        from ..vqa import question_type
+        from ..text_norm import normalise_answer, question_type, split_alternatives
 
         counts: dict[str, Counter] = {}
         n = 0
@@ -53,7 +52,7 @@ class AnswerPrior:
         return cls.fit((r.data["question"], r.data["answer"]) for r in records)
 
     def answer(self, question: str) -> str:
-        from ..vqa import question_type
+        from ..text_norm import question_type
 
         return self.table.get(question_type(question), self.fallback)
 

@@ -11,11 +11,14 @@ data. Two captions of one image can share a batch; the loss masks that pair.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
+
+from vlm.records import read_jsonl
 
 
 @dataclass
@@ -30,14 +33,17 @@ class Pairs:
 
 def load_pairs(path: str | Path, limit: int | None = None) -> Pairs:
     """Pairs of a JSONL file; ``limit`` keeps the first N images."""
-    from vlm.eval.records import load_records
-
+    path = Path(path)
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
     images, captions, owner = [], [], []
-    for i, r in enumerate(load_records(path, ("image", "captions"), limit)):
-        caps = [str(c) for c in r.data["captions"] if str(c).strip()]
+    for i, (lineno, row) in enumerate(itertools.islice(read_jsonl(path), limit)):
+        if not isinstance(row, dict) or "image" not in row or "captions" not in row:
+            raise ValueError(f"{path}:{lineno}: expected an object with 'image' and 'captions'")
+        caps = [str(c) for c in row["captions"] if str(c).strip()]
         if not caps:
-            raise ValueError(f"{path}: record {r.id} has no captions")
-        images.append(str(r.image))
+            raise ValueError(f"{path}: record {row.get('id', lineno)} has no captions")
+        images.append(str(path.parent / str(row["image"])))
         captions.extend(caps)
         owner.extend([i] * len(caps))
     return Pairs(images, captions, owner)

@@ -20,9 +20,9 @@ def image_processor(vision: str, size: int):
     """The tower's saved image processor, resizing and cropping to ``size``."""
     from transformers import AutoImageProcessor
 
-    from vlm import hub
+    from vlm import registry
 
-    proc = AutoImageProcessor.from_pretrained(hub.resolve_vision(vision))
+    proc = AutoImageProcessor.from_pretrained(registry.resolve_vision(vision))
     if hasattr(proc, "crop_size"):
         proc.crop_size = {"height": size, "width": size}
     proc.size = {"shortest_edge": size}

@@ -4,7 +4,7 @@ selected on dev text-to-image R@5.
 Per run: read train/dev pairs, learn the caption tokenizer (saved in ``<out>/tokenizer``; a resumed run
 reads it back), cache the locked tower's outputs (:mod:`vlm.train.lit.features`), build the sides
 (:mod:`vlm.train.lit.sides`), then train with AdamW and a warmup + cosine schedule. Each evaluation scores dev
-retrieval (:func:`vlm.eval.retrieval.recall_at_k`, the protocol of ``vlm eval retrieval``) and keeps the best
+retrieval (:func:`vlm.retrieval.recall_at_k`, the protocol of ``vlm eval retrieval``) and keeps the best
 trainable weights in ``<out>/best.safetensors`` (+ ``best.json``); checkpoints (``vlm/train/checkpoint.py``:
 atomic, ``--resume`` continues exactly) go to ``<out>/checkpoints``; ``metrics.jsonl`` logs losses and
 evaluations. At the end the best weights become the model: for the stock layout (``config.exportable``)
@@ -80,7 +80,7 @@ def _frozen_states(cfg: LitConfig, pairs: dict, log) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file, save_file
 
     from vlm.compose import load_llm
-    from vlm.eval.retrieval import embed_texts, sif_weights
+    from vlm.retrieval import embed_texts, sif_weights
 
     root = _cache_root(cfg)
     text = json.dumps([cfg.llm, cfg.llm_layer, cfg.llm_sif_a] + [pairs[s].captions for s in SPLITS])
@@ -154,7 +154,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def evaluate(model, split: str, pairs) -> dict:
-    from vlm.eval.retrieval import recall_at_k
+    from vlm.retrieval import recall_at_k
 
     img, txt = model.embed(split, len(pairs.images), len(pairs.captions))
     return {k: round(v, 5) for k, v in recall_at_k(img @ txt.T, pairs.owner).items()}

@@ -29,9 +29,9 @@ def load_start(cfg, dtype: torch.dtype):
         torch.manual_seed(cfg.seed)  # the fresh projector (and a fresh tower) start from the run's seed
         layer = compose.DEFAULT_FEATURE_LAYER if cfg.vision_feature_layer is None else cfg.vision_feature_layer
         return compose.build(vision, cfg.model, dtype, cfg.image_size, layer)
-    from vlm.registry import resolve_model
+    from vlm.loading import load_model
 
-    model, processor = resolve_model(cfg.model, dtype)
+    model, processor = load_model(cfg.model, dtype)
     if hasattr(model, "peft_config") or any("lora_" in n for n, _ in model.named_parameters()):
         raise ValueError(f"{cfg.model} holds an unmerged adapter; export it first (vlm export) or train from its base")
     processor.tokenizer.padding_side = "right"

@@ -29,7 +29,7 @@ def lora_config(model, cfg):
 
 def load(cfg, dtype):
     if is_adapter_folder(cfg.model):
-        from vlm.adapters import load_peft
+        from vlm.loading import load_peft
 
         model, processor = load_peft(cfg.model, dtype, is_trainable=True)
         processor.tokenizer.padding_side = "right"

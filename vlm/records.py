@@ -1,25 +1,29 @@
-"""LLaVA conversation records: checks and bad-record accounting.
+"""LLaVA conversation records, the data format of vlm: reading, checks and bad-record accounting.
 
 A record is ``{"id": str, "image": str (optional; or a list of str), "conversations": [turn, ...]}``
 with turns ``{"from": "human" | "gpt", "value": str}``: human first, strictly alternating, gpt last.
 The human turns hold one ``<image>`` placeholder per image, and gpt turns hold none.
 Relative image paths are relative to ``root`` (the folder of the JSON file holding the record).
 
+:func:`read_jsonl` is the one JSONL reader (eval files and record files go through it);
+:func:`load_records` reads a record file (``.json`` array or ``.jsonl``).
 :func:`validate_record` returns the reason a record is bad (one of :data:`REASONS`) or ``None``;
 :class:`RecordAccounting` counts bad records by reason during a long run, so that one bad record never
 stops it, unless ``strict`` is set, in which case the first one raises :class:`BadRecordError`.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-IMAGE_TOKEN = "<image>"  # same as vlm.processor.IMAGE_TOKEN (checked by a test; kept local to stay light)
+IMAGE_TOKEN = "<image>"  # the placeholder in records and prompts (the processor expands it to image tokens)
 ROLES = ("human", "gpt")
 
 MALFORMED = "malformed"
@@ -43,6 +47,44 @@ class RecordProblem:
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.detail}"
+
+
+def read_jsonl(path: str | os.PathLike, *, strict: bool = True) -> Iterator[tuple[int, Any]]:
+    """``(line number, object)`` for each non-blank line of a JSONL file. A line that is not JSON raises
+    ``ValueError`` naming the file and line, or (``strict=False``) comes back as ``None``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                if strict:
+                    raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                yield lineno, None
+
+
+def load_records(path: str | os.PathLike) -> list[Any]:
+    """The raw records of a ``.json`` array or ``.jsonl`` file (a malformed JSONL line becomes ``None``).
+
+    Raises :class:`FileNotFoundError` for a missing file and :class:`BadRecordError` for a file that is
+    not JSON at all.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"record file not found: {path}")
+    if path.suffix == ".jsonl":
+        return [obj for _, obj in read_jsonl(path, strict=False)]  # None: counted as malformed by the checks
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BadRecordError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, list):
+        raise BadRecordError(f"{path} must hold a JSON array of records, not a {type(data).__name__}")
+    return data
 
 
 def record_images(record: dict) -> list[str]:

@@ -11,19 +11,22 @@ matmul peak.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import shutil
 import tempfile
 import time
+from statistics import median
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import machine
-from .machine import median
+from vlm import memory
+from vlm.records import read_jsonl
+
 
 PROMPTS = ["Describe the image briefly.", "What is happening in this picture?", "Write a caption for this photo."]
 
@@ -39,10 +42,8 @@ class TrainingBenchConfig:
 
 def make_records(data_dir: Path, n: int, stage: int) -> list[dict]:
     """LLaVA records from Flickr8k train: stage 1 one caption, stage 2 one to five captions (varied lengths)."""
-    lines = (data_dir / "train.jsonl").read_text().splitlines()[:n]
     out = []
-    for i, line in enumerate(lines):
-        rec = json.loads(line)
+    for i, (_, rec) in enumerate(itertools.islice(read_jsonl(data_dir / "train.jsonl"), n)):
         caps = rec["captions"]
         answer = caps[i % len(caps)] if stage == 1 else " ".join(caps[: 1 + i % len(caps)])
         out.append({
@@ -81,7 +82,7 @@ def run_vlm_loop(stage: int, data: Path, model: str, vision: str | None, out: Pa
         tcfg = stage1_defaults(vision=vision, **common)
     else:
         tcfg = stage2_defaults(lora=LoraSettings(r=cfg.lora_r, alpha=2 * cfg.lora_r), **common)
-    with machine.peak_rss() as box:
+    with memory.peak_rss() as box:
         t = time.perf_counter()
         summary = train(tcfg)
         wall = time.perf_counter() - t
@@ -123,7 +124,7 @@ def run_naive_loop(stage: int, records: list[dict], model_src: str, vision: str 
     rng.shuffle(order)
     model.train()
     rates = []
-    with machine.peak_rss() as box:
+    with memory.peak_rss() as box:
         for step in range(cfg.steps + 1):
             idx = [order[(step * cfg.batch_size + j) % len(order)] for j in range(cfg.batch_size)]
             exs = [dataset.examples[i] for i in idx]

@@ -53,6 +53,7 @@ def build_model(args):
     import torch
 
     from vlm import VLM, TowerPreset
+    from vlm.tiny import tiny_vlm
 
     torch.manual_seed(0)
     if args.tiny:
@@ -62,37 +63,12 @@ def build_model(args):
     return VLM.build(TowerPreset().to_config(), args.llm), f"{args.llm} + fresh TowerPreset tower (112px, 49 tokens)"
 
 
-def tiny_vlm():
-    """A tiny random vlm with SmolLM2's tokenizer (as the test fixtures build it)."""
-    import tempfile
-
-    import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlamaForCausalLM
-
-    from vlm import VLM
-    from vlm.compose import load_tokenizer
-
-    tok = load_tokenizer("smollm2-135m-instruct")
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        LlamaForCausalLM(config).save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        vision = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                                  num_hidden_layers=3, num_attention_heads=4)
-        return VLM.build(vision, tmp)
-
-
 def run(args) -> int:
     import torch
 
     from vlm.optimize import weight_bytes_per_token
 
-    from . import inference, machine, report, roofline
+    from vlm.bench import inference, machine, report, roofline
 
     if args.merge:
         import json
@@ -146,7 +122,7 @@ def run(args) -> int:
             result["inference"]["latency"], result["inference"]["bytes_per_token"],
             {"dram": info.copy_bandwidth_gbs * 1e9, "working_set": ws_bw})
     if "training" in sections:
-        from . import training
+        from vlm.train import bench as training
 
         log("training")
         result["training"] = training.run(args, base_vlm, info, log=log)
@@ -156,7 +132,7 @@ def run(args) -> int:
 
 
 def _emit(result: dict, args) -> int:
-    from . import report
+    from vlm.bench import report
 
     path = report.write_json(result, args.out)
     table = report.markdown(result)

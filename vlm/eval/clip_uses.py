@@ -14,7 +14,7 @@ caption's image among the top k) from the index, and from the exact similarity m
 vectors (torch); the script checks that they agree and reports the share of queries whose top-10 lists are
 identical (ties in the tenth place may swap).
 
-Usage (float32, one core):  python vlm/bench/clip_uses.py --clip runs/lit/model [--data ../shared/data/flickr8k]
+Usage (float32, one core):  python vlm/eval/clip_uses.py --clip runs/lit/model [--data ../shared/data/flickr8k]
                             [--limit N] [--workdir DIR] [--json OUT.json]
 """
 from __future__ import annotations
