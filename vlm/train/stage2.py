@@ -1,6 +1,8 @@
 """Stage 2: visual instruction tuning. LoRA (default), QLoRA (``--qlora``) or full LLM (``--full``)."""
 from __future__ import annotations
 
+from vlm import flags
+
 from .args import add_common, to_config
 from .config import stage2_defaults
 
@@ -9,22 +11,19 @@ HELP = "stage 2: instruction-tune the LLM (LoRA by default) and the projector"
 
 def add_arguments(parser) -> None:
     defaults = stage2_defaults()
-    add_common(parser, defaults)
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--qlora", action="store_true", help="LLM in 4-bit NF4 (bitsandbytes) with LoRA on top")
-    mode.add_argument("--full", action="store_true", help="train the whole LLM instead of LoRA")
-    parser.add_argument("--projector-lr", type=float, default=defaults.projector_lr)
-    parser.add_argument("--lora-r", type=int, default=defaults.lora.r)
-    parser.add_argument("--lora-alpha", type=int, default=defaults.lora.alpha)
-    parser.add_argument("--lora-dropout", type=float, default=defaults.lora.dropout)
+    add_common(parser, defaults, ("projector_lr",))
+    mode = parser.add_mutually_exclusive_group()  # both set the config's `recipe` (default: lora)
+    mode.add_argument("--qlora", dest="recipe", action="store_const", const="qlora", default=defaults.recipe,
+                      help="LLM in 4-bit NF4 (bitsandbytes) with LoRA on top")
+    mode.add_argument("--full", dest="recipe", action="store_const", const="full", default=defaults.recipe,
+                      help="train the whole LLM instead of LoRA")
+    flags.add_flags(parser, defaults.lora, prefix="lora_", skip=("target_modules",))
 
 
 def config_from_args(args):
-    cfg = to_config(args, stage2_defaults())
-    cfg.recipe = "qlora" if args.qlora else "full" if args.full else "lora"
-    cfg.projector_lr = args.projector_lr
-    cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout = args.lora_r, args.lora_alpha, args.lora_dropout
-    return cfg
+    cfg = stage2_defaults()
+    flags.apply(args, cfg.lora, prefix="lora_")
+    return to_config(args, cfg)
 
 
 def run(args) -> int:

@@ -1,15 +1,14 @@
 """``vlm train clip``: a CLIP whose text tower is trained against a locked pretrained image tower (LiT).
 
 Every :class:`vlm.train.lit.config.LitConfig` field is a flag (``image_layer`` -> ``--image-layer``) whose default
-is the field's; booleans take ``--flag`` / ``--no-flag``; optional fields accept ``none``. ``to_config`` maps
-the parsed flags back onto the dataclass, as ``vlm/train/args.py`` does for stages 1 and 2.
+is the field's, through :mod:`vlm.flags`, as for stages 1 and 2.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import typing
-from dataclasses import fields
+
+from vlm import flags
 
 from .config import IMAGE_FEATURES, TEXT_TOWERS, LitConfig
 
@@ -43,41 +42,12 @@ _HELP = {
 _CHOICES = {"image_features": IMAGE_FEATURES, "text_tower": TEXT_TOWERS, "embed_init": ("smollm2", "random")}
 
 
-def _kind(field) -> tuple[type, bool]:
-    """(value type, optional) of a dataclass field."""
-    hint = typing.get_type_hints(LitConfig)[field.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return (args[0], True) if args else (hint, False)
-
-
-def _optional(kind: type):
-    def parse(text: str):
-        return None if text.lower() in ("none", "") else kind(text)
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    base = LitConfig()
-    for f in fields(LitConfig):
-        kind, optional = _kind(f)
-        flag = f"--{f.name.replace('_', '-')}"
-        default = getattr(base, f.name)
-        help_text = f"{_HELP.get(f.name, f.name.replace('_', ' '))} (default: {default})"
-        if kind is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
-                                help=help_text)
-        else:
-            parser.add_argument(flag, dest=f.name, type=_optional(kind) if optional else kind, default=default,
-                                choices=_CHOICES.get(f.name), help=help_text)
+    flags.add_flags(parser, LitConfig(), help=_HELP, choices=_CHOICES)
 
 
 def to_config(args: argparse.Namespace) -> LitConfig:
-    cfg = LitConfig()
-    for f in fields(LitConfig):
-        setattr(cfg, f.name, getattr(args, f.name))
-    return cfg.validate()
+    return flags.apply(args, LitConfig()).validate()
 
 
 def run(args: argparse.Namespace) -> int:
