@@ -17,9 +17,9 @@ from vlm.config import InputLimits
 
 
 def _logits(vlm: VLM, model, image, question="What is in the picture?"):
-    batch = vlm._encode([[{"role": "user", "content": [{"type": "image", "image": image},
+    batch = vlm.prepare([[{"role": "user", "content": [{"type": "image", "image": image},
                                                        {"type": "text", "text": question}]}]],
-                        __import__("vlm").GenerationOptions())
+                        __import__("vlm").GenerationOptions()).batch
     with torch.no_grad():
         return model(**batch).logits
 

@@ -76,7 +76,7 @@ def test_reuse_vision_runs_tower_once_per_image(tiny_vlm, photo, receipt):
     clone = copy.deepcopy(m.model)  # the hook follows the copy, with its own cache
     assert clone.model.get_image_features.inner is clone.model
     assert clone.model.get_image_features is not m.model.model.get_image_features
-    cache = m.model._vlm_vision_cache
+    cache = m.inference.vision_cache
     assert (cache.hits, cache.misses) == (2, 2)
     # cached features give the same answer as a fresh tower run
     plain = apply(twin(tiny_vlm), InferenceOptions())
@@ -88,7 +88,7 @@ def test_image_pool_shrinks_image_tokens(tiny_vlm, photo):
     msgs = [[{"role": "user", "content": [{"type": "image", "image": photo}, {"type": "text", "text": "hi"}]}]]
     from vlm.config import GenerationOptions
 
-    ids = m._encode(msgs, GenerationOptions(max_new_tokens=1))["input_ids"]
+    ids = m.prepare(msgs, GenerationOptions(max_new_tokens=1)).batch["input_ids"]
     assert int((ids == m.model.config.image_token_id).sum()) == 4  # 4x4 grid pooled to 2x2
     assert isinstance(m.ask(photo, "What is this?", max_new_tokens=3), str)
     with pytest.raises(ValueError, match="image_pool"):
@@ -103,7 +103,7 @@ def test_prefix_cache_reuses_the_system_prompt_and_keeps_answers(tiny_vlm, photo
         assert m.ask(image, question, max_new_tokens=6) == plain.ask(image, question, max_new_tokens=6)
     streamed = "".join(m.stream(photo, "Describe the image.", max_new_tokens=6)).strip()
     assert streamed == plain.ask(photo, "Describe the image.", max_new_tokens=6)
-    cache = m.model._vlm_prefix_cache
+    cache = m.inference.prefix_cache
     assert cache.misses == 1 and cache.hits == 3  # one system-prompt prefix, reused by every later prompt
     ids, past = cache.entry
     assert m.model.config.image_token_id not in ids and past.get_seq_length() == len(ids)
@@ -130,9 +130,9 @@ def test_levers_compose_on_top_of_the_output_preserving_ones(tiny_vlm, photo):
     m = apply(twin(tiny_vlm), InferenceOptions(reuse_vision=True, prefix_cache=True))  # what VLM.load applies
     first = m.ask(photo, "What is this?", max_new_tokens=4)
     apply(m, InferenceOptions(int8=True))  # weight-changing lever on top: caches are emptied, hooks kept
-    opts = m.model._vlm_inference_options
+    opts = m.inference.options
     assert opts.int8 and opts.reuse_vision and opts.prefix_cache
-    assert m.model._vlm_prefix_cache.entry is None and not m.model._vlm_vision_cache.entries
+    assert m.inference.prefix_cache.entry is None and not m.inference.vision_cache.entries
     assert isinstance(m.ask(photo, "What is this?", max_new_tokens=4), str) and first
     with pytest.raises(ValueError, match="change the weights"):
         apply(m, InferenceOptions(dtype="bfloat16"))
@@ -142,6 +142,6 @@ def test_load_applies_the_default_levers(tiny_vlm, tmp_path):
     from vlm.optimize import DEFAULT
 
     folder = tiny_vlm.save(tmp_path / "m")
-    assert VLM.load(folder).model._vlm_inference_options == DEFAULT
-    assert getattr(VLM.load(folder, levers=None).model, "_vlm_inference_options", None) is None
-    assert VLM.load(folder, levers="int8").model._vlm_inference_options.int8
+    assert VLM.load(folder).inference.options == DEFAULT
+    assert VLM.load(folder, levers=None).inference.options is None
+    assert VLM.load(folder, levers="int8").inference.options.int8

@@ -57,7 +57,7 @@ def test_any_sequence_of_prompts_matches_the_uncached_answers(tiny_vlm, photo, r
         assert cached.chat(conv, max_new_tokens=6) == plain.chat(conv, max_new_tokens=6), conv
         streamed = "".join(cached.chat_stream(conv, max_new_tokens=6)).strip()
         assert streamed == plain.chat(conv, max_new_tokens=6), conv
-    cache = cached.model._vlm_prefix_cache
+    cache = cached.inference.prefix_cache
     assert cache.disabled is None and cache.verified
     assert cache.hits >= 20 and cache.misses >= 1
 
@@ -74,7 +74,7 @@ def test_a_failing_cache_switches_itself_off_and_answers_stay_right(tiny_vlm, ph
     with caplog.at_level(logging.WARNING, logger="vlm"):
         for conv in convs:
             assert cached.chat(conv, max_new_tokens=6) == plain.chat(conv, max_new_tokens=6)
-    cache = cached.model._vlm_prefix_cache
+    cache = cached.inference.prefix_cache
     assert cache.disabled and "cache API changed" in cache.disabled
     assert any("switched off" in r.getMessage() for r in caplog.records)
 
@@ -92,7 +92,7 @@ def test_a_wrong_cache_is_caught_by_the_first_reuse_check(tiny_vlm, photo, recei
     monkeypatch.setattr(PromptPrefixCache, "_slice", staticmethod(corrupted))
     for conv in conversations(photo, receipt)[:3]:
         assert cached.chat(conv, max_new_tokens=6) == plain.chat(conv, max_new_tokens=6)
-    cache = cached.model._vlm_prefix_cache
+    cache = cached.inference.prefix_cache
     assert cache.disabled and "disagrees" in cache.disabled and not cache.verified
 
 
@@ -114,7 +114,7 @@ def test_generate_failing_from_the_cache_retries_uncached(tiny_vlm, photo, recei
     assert streamed == plain.chat(convs[0], max_new_tokens=5)  # the failed call's prompt is not streamed
     for conv in convs:
         assert cached.chat(conv, max_new_tokens=5) == plain.chat(conv, max_new_tokens=5)
-    assert "unexpected cache layout" in model._vlm_prefix_cache.disabled
+    assert "unexpected cache layout" in cached.inference.prefix_cache.disabled
 
 
 @pytest.fixture(scope="module")
@@ -124,12 +124,12 @@ def shipped():
 
 def plain_answers(vlm: VLM, convs, n: int) -> list[str]:
     """The same weights through the uncached path."""
-    cache = vlm.model._vlm_prefix_cache
-    del vlm.model._vlm_prefix_cache
+    cache = vlm.inference.prefix_cache
+    vlm.inference.prefix_cache = None
     try:
         return [vlm.chat(c, max_new_tokens=n) for c in convs]
     finally:
-        vlm.model._vlm_prefix_cache = cache
+        vlm.inference.prefix_cache = cache
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def reference(shipped, photo, receipt) -> list[str]:
 @pytest.mark.real
 def test_shipped_model_with_default_levers_matches_plain_transformers(shipped, reference, photo, receipt):
     answers = [shipped.chat(c, max_new_tokens=8) for c in conversations(photo, receipt)]
-    cache = shipped.model._vlm_prefix_cache
+    cache = shipped.inference.prefix_cache
     assert cache.disabled is None and cache.hits >= 10
     assert answers == reference
 

@@ -19,6 +19,8 @@ from .clip import CLIP_FOLDER
 from .config import GenerationOptions, InputLimits
 from .images import ImageInput
 from .messages import normalise, user_turn
+from .generation import Prepared
+from .optimize import InferenceState
 from .loading import load_model
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -58,6 +60,7 @@ class VLM:
         self.limits = limits or InputLimits()
         self._clip_source = clip  # a folder, a loaded Clip, or None/False (none)
         self._clip = None
+        self.inference = InferenceState()  # the inference levers applied (VLM.optimize) and their caches
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -109,27 +112,39 @@ class VLM:
         return apply(self, (options or InferenceOptions()).with_(**levers) if levers else options)
 
     # -- generation ---------------------------------------------------------------------------
-    def _encode(self, conversations: list[list[dict]], opts: GenerationOptions):
+    def prepare(self, conversations: list[list[dict]], options: GenerationOptions | None = None, **gen) -> Prepared:
+        """Check and encode conversations (images loaded and processed): the batch, its options, and each
+        conversation's prompt length in tokens, image tokens included. Input errors surface here."""
+        opts = GenerationOptions.from_kwargs(options, **gen)
         normed, images = zip(*(normalise(c, self.limits) for c in conversations))
-        return generation.encode(self.model, self.processor, list(normed), list(images), opts)
+        batch = generation.encode(self.model, self.processor, list(normed), list(images), opts)
+        lengths = [int(n) for n in batch["attention_mask"].sum(dim=1)]
+        return Prepared(batch, opts, lengths, [len(i) for i in images])
+
+    def generate(self, prepared: Prepared, cancel: threading.Event | None = None) -> list[str]:
+        """The answers of a prepared batch, in order."""
+        return generation.generate(self.model, self.processor, prepared.batch, prepared.options, cancel,
+                                   self.inference.prefix_cache)
+
+    def generate_stream(self, prepared: Prepared, cancel: threading.Event | None = None) -> Iterator[str]:
+        """The answer of a prepared single conversation, in pieces as they are decoded (see
+        :func:`vlm.generation.stream`)."""
+        return generation.stream(self.model, self.processor, prepared.batch, prepared.options, cancel,
+                                 self.inference.prefix_cache)
 
     def chat(self, messages: list[dict], options: GenerationOptions | None = None, **gen) -> str:
         """Answer the last user turn of a conversation (content: str or list of image/text parts)."""
-        opts = GenerationOptions.from_kwargs(options, **gen)
-        return generation.generate(self.model, self.processor, self._encode([messages], opts), opts)[0]
+        return self.generate(self.prepare([messages], options, **gen))[0]
 
     def chat_batch(self, conversations: list[list[dict]], options=None, **gen) -> list[str]:
-        opts = GenerationOptions.from_kwargs(options, **gen)
         if not conversations:
             return []
-        return generation.generate(self.model, self.processor, self._encode(conversations, opts), opts)
+        return self.generate(self.prepare(conversations, options, **gen))
 
     def chat_stream(
         self, messages: list[dict], options=None, cancel: threading.Event | None = None, **gen
     ) -> Iterator[str]:
-        opts = GenerationOptions.from_kwargs(options, **gen)
-        batch = self._encode([messages], opts)  # errors surface here, before the first piece
-        return generation.stream(self.model, self.processor, batch, opts, cancel)
+        return self.generate_stream(self.prepare([messages], options, **gen), cancel)  # input errors: raised here
 
     def ask(self, image: ImageInput | None, question: str, options=None, **gen) -> str:
         return self.chat(user_turn(image, question), options, **gen)
@@ -212,7 +227,7 @@ class VLM:
         cfg = self.model.config
         vc, tc = cfg.vision_config, cfg.text_config
         inner = self.model.model
-        levers = getattr(self.model, "_vlm_inference_options", None)
+        levers = self.inference.options
 
         def count(module) -> int:
             return sum(p.numel() for p in module.parameters())

@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
@@ -12,6 +14,16 @@ from .config import GenerationOptions
 from .errors import InputError
 from .messages import check_placeholders
 from .optimize import cache_kwarg
+
+
+@dataclass
+class Prepared:
+    """A checked, encoded request (``VLM.prepare``): what generation needs, and what callers report."""
+
+    batch: Any  # the processor's BatchFeature: input_ids, attention_mask, pixel_values
+    options: GenerationOptions
+    prompt_tokens: list[int]  # per conversation, image tokens included
+    images: list[int]  # images per conversation
 
 
 class CancelCriteria(StoppingCriteria):
@@ -114,10 +126,8 @@ def _seeded(seed: int | None):
         yield
 
 
-def _with_prefix(model, batch, kwargs: dict) -> dict:
-    """Start from the prompt-prefix cache (``vlm.optimize`` lever) when one is installed and the batch is
-    a single prompt."""
-    cache = getattr(model, "_vlm_prefix_cache", None)
+def _with_prefix(model, batch, kwargs: dict, cache) -> dict:
+    """Start from the prompt-prefix cache (``vlm.optimize`` lever, or None) when the batch is a single prompt."""
     if cache is not None and batch["input_ids"].shape[0] == 1 and kwargs.get("num_beams", 1) == 1:
         past = cache.past_for(batch["input_ids"][0])
         if past is not None:
@@ -125,8 +135,8 @@ def _with_prefix(model, batch, kwargs: dict) -> dict:
     return kwargs
 
 
-def _batch_kwargs(model, processor, batch, opts: GenerationOptions) -> dict:
-    return _with_prefix(model, batch, generate_kwargs(model, processor, opts, batch["input_ids"].shape[1]))
+def _batch_kwargs(model, processor, batch, opts: GenerationOptions, prefix_cache) -> dict:
+    return _with_prefix(model, batch, generate_kwargs(model, processor, opts, batch["input_ids"].shape[1]), prefix_cache)
 
 
 class _FirstStep(StoppingCriteria):
@@ -140,7 +150,7 @@ class _FirstStep(StoppingCriteria):
         return torch.zeros((input_ids.shape[0],), dtype=torch.bool, device=input_ids.device)
 
 
-def _run_generate(model, batch, kwargs: dict):
+def _run_generate(model, batch, kwargs: dict, prefix_cache):
     """``model.generate``. If it fails before its first token while starting from the prompt-prefix cache,
     the cache switches itself off (logged) and the request runs again without it: the optimisation never
     breaks a request."""
@@ -154,40 +164,44 @@ def _run_generate(model, batch, kwargs: dict):
     except Exception as exc:
         if first.seen:
             raise
-        model._vlm_prefix_cache.disable(f"generate failed from the cached prefix: {type(exc).__name__}: {exc}")
+        prefix_cache.disable(f"generate failed from the cached prefix: {type(exc).__name__}: {exc}")
         streamer = kwargs.get("streamer")
         if streamer is not None:  # the failed call may have fed it the prompt already: skip the retry's too
             streamer.next_tokens_are_prompt = True
         return model.generate(**batch, **{k: v for k, v in kwargs.items() if k != key})
 
 
-def generate(model, processor, batch, opts: GenerationOptions, cancel: threading.Event | None = None) -> list[str]:
-    kwargs = _batch_kwargs(model, processor, batch, opts)
+def generate(model, processor, batch, opts: GenerationOptions, cancel: threading.Event | None = None,
+             prefix_cache=None) -> list[str]:
+    """Greedy/sampled/beam answers of a batch. ``prefix_cache``: a ``vlm.optimize.PromptPrefixCache`` to start
+    single prompts from (the ``VLM``'s, ``vlm.inference.prefix_cache``), or None."""
+    kwargs = _batch_kwargs(model, processor, batch, opts, prefix_cache)
     if cancel is not None:
         kwargs["stopping_criteria"] = StoppingCriteriaList([CancelCriteria(cancel)])
     with torch.inference_mode(), _seeded(opts.seed):
-        out = _run_generate(model, batch, kwargs)
+        out = _run_generate(model, batch, kwargs, prefix_cache)
     new = out[:, batch["input_ids"].shape[1]:]
     texts = processor.tokenizer.batch_decode(new, skip_special_tokens=True)
     return [trim_stop(t, opts.stop).strip() for t in texts]
 
 
-def stream(model, processor, batch, opts: GenerationOptions, cancel: threading.Event | None = None) -> Iterator[str]:
+def stream(model, processor, batch, opts: GenerationOptions, cancel: threading.Event | None = None,
+           prefix_cache=None) -> Iterator[str]:
     """Yield text pieces as they are decoded. Closing the iterator (or setting ``cancel``) stops decoding.
     Beam search only knows its answer at the end: it comes as one piece."""
     cancel = cancel or threading.Event()
     if opts.num_beams > 1:
-        yield from generate(model, processor, batch, opts, cancel)
+        yield from generate(model, processor, batch, opts, cancel, prefix_cache)
         return
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = _batch_kwargs(model, processor, batch, opts)
+    kwargs = _batch_kwargs(model, processor, batch, opts, prefix_cache)
     kwargs.update(streamer=streamer, stopping_criteria=StoppingCriteriaList([CancelCriteria(cancel)]))
     errors: list[BaseException] = []
 
     def run():
         try:
             with torch.inference_mode(), _seeded(opts.seed):
-                _run_generate(model, batch, kwargs)
+                _run_generate(model, batch, kwargs, prefix_cache)
         except BaseException as exc:  # re-raised in the consumer's thread
             errors.append(exc)
             streamer.end()

@@ -125,12 +125,23 @@ def parse_levers(spec: str) -> InferenceOptions:
     return opts
 
 
+@dataclass
+class InferenceState:
+    """The levers applied to a ``VLM``'s model and the caches they installed; held by the ``VLM`` (its
+    ``inference`` attribute) and passed explicitly to generation. The vision cache is also the hook that
+    ``LlavaModel.get_image_features`` calls on that model instance (see :class:`VisionFeatureCache`)."""
+
+    options: InferenceOptions | None = None
+    vision_cache: "VisionFeatureCache | None" = None
+    prefix_cache: "PromptPrefixCache | None" = None
+
+
 def apply(vlm, options: InferenceOptions | None = None):
     """Apply ``options`` to ``vlm`` in place and return it. Weight-changing levers (dtype, int8, compile,
     pooling) go on a model that has at most output-preserving ones (``VLM.load`` applies :data:`DEFAULT`)."""
     options = options or InferenceOptions()
-    model = vlm.model
-    previous = getattr(model, "_vlm_inference_options", None)
+    model, state = vlm.model, vlm.inference
+    previous = state.options
     if previous is not None:  # levers on top of the output-preserving ones (e.g. those VLM.load applies)
         if not previous.preserves_weights():
             raise ValueError(f"levers that change the weights ({previous.label()}) were already applied to this "
@@ -149,14 +160,14 @@ def apply(vlm, options: InferenceOptions | None = None):
     if options.image_pool:
         pool_image_tokens(vlm, options.image_pool)
     if options.reuse_vision:
-        if getattr(model, "_vlm_vision_cache", None) is None:
-            model._vlm_vision_cache = VisionFeatureCache(model.model, options.vision_cache_size)
-        model._vlm_vision_cache.entries.clear()  # features of the model as it was before these levers
+        if state.vision_cache is None:
+            state.vision_cache = VisionFeatureCache(model.model, options.vision_cache_size)
+        state.vision_cache.entries.clear()  # features of the model as it was before these levers
     if options.prefix_cache:
-        if getattr(model, "_vlm_prefix_cache", None) is None:
-            model._vlm_prefix_cache = PromptPrefixCache(model)
-        model._vlm_prefix_cache.entry = None
-    model._vlm_inference_options = options
+        if state.prefix_cache is None:
+            state.prefix_cache = PromptPrefixCache(model)
+        state.prefix_cache.entry = None
+    state.options = options
     return vlm
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from vlm import memory
+from vlm.messages import user_turn
 from vlm.records import read_jsonl
 
 from .machine import median
@@ -259,9 +260,7 @@ def run(base_vlm, option_sets: list, samples: list[dict], cfg: InferenceConfig, 
     rss = measure_rss(main, images, cfg)
     log(f"agreement: {len(samples[: cfg.agreement_samples])} images")
     agreement = measure_agreement(paths, samples[: cfg.agreement_samples], cfg)
-    prompt_tokens = int(base_vlm._encode([[{"role": "user", "content": [
-        {"type": "image", "image": image}, {"type": "text", "text": cfg.question}]}]],
-        __import__("vlm").GenerationOptions(max_new_tokens=1))["input_ids"].shape[1])
+    prompt_tokens = base_vlm.prepare([user_turn(image, cfg.question)], max_new_tokens=1).prompt_tokens[0]
     context = prompt_tokens + cfg.decode_tokens // 2
     bytes_per_token = {baseline.name: weight_bytes_per_token(baseline.model)
                        + kv_bytes_per_token(baseline.model, context)}

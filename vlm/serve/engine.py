@@ -335,7 +335,8 @@ class Engine:
             served.processors.append(proc)
             served.eos_ids = proc.eos_ids
         text = ""
-        for piece in generation.stream(served, self.vlm.processor, prepared.batch, prepared.options, job.cancel):
+        for piece in generation.stream(served, self.vlm.processor, prepared.batch, prepared.options, job.cancel,
+                                       self.vlm.inference.prefix_cache):
             text += piece
             job.emit(piece)
         n = served.tokens
