@@ -282,3 +282,54 @@ def _opts():
     from vlm.config import GenerationOptions
 
     return GenerationOptions(max_new_tokens=1)
+
+
+# -- the Search tab's handlers (the browser test on real weights is in test_serve_search_real.py) -------------
+def test_search_tab_handlers(clip_vlm, tmp_path, data_dir, flickr_records):
+    import gradio as gr
+
+    from vlm.serve.engine import Engine
+    from vlm.serve.search_ui import ERROR_MARK, SearchTab
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for r in flickr_records[:5]:
+        (photos / r["image"].split("/")[-1]).write_bytes((data_dir / "flickr8k" / r["image"]).read_bytes())
+    (photos / "empty.png").write_bytes(b"")
+    (photos / "notes.jpg").write_text("not an image")
+    engine = Engine(clip_vlm, ServeConfig(model="tiny", ui=False, moderation=False))
+    tab = SearchTab(engine, engine.config, scratch=tmp_path / "scratch")
+    (tmp_path / "scratch").mkdir()
+    index = str(tmp_path / "photos.idx")
+    try:
+        items, shown, status = tab.search(index, "a dog", 5)
+        assert status.startswith(ERROR_MARK) and "no image index" in status and not items
+        assert tab.search(index, "  ", 5)[2].startswith(ERROR_MARK)
+        assert tab.index_folder(index, str(tmp_path / "nowhere"), progress=lambda *a, **k: None).startswith(ERROR_MARK)
+
+        seen = []
+        report = tab.index_folder(index, str(photos), progress=lambda *a, **k: seen.append(a[0] if a else None))
+        assert "5 added" in report and "2 unreadable" in report and "empty.png" in report and "notes.jpg" in report
+        assert seen and seen[-1] == (7, 7)  # (done, total) image files (by extension), the last update: all
+        again = tab.index_folder(index, str(photos), progress=lambda *a, **k: None)
+        assert "0 added, 5 already indexed" in again
+
+        items, shown, status = tab.search(index, "a dog", 3)
+        assert len(items) == len(shown) == 3 and "best first" in status
+        scores = [s.score for s in shown]
+        assert scores == sorted(scores, reverse=True)
+        assert all(caption.startswith(f"{s.score:.3f} · ") for (_, caption), s in zip(items, shown))
+        assert all(max(img.size) <= 256 for img, _ in items)
+
+        evt = gr.SelectData(None, {"index": 1, "value": None, "selected": True})
+        tabs, box, note = tab.pick(shown, {"text": "hi", "files": []}, evt)
+        assert tabs.selected == "chat" and box.value["text"] == "hi" and len(box.value["files"]) == 1
+        copied = box.value["files"][0]
+        assert open(copied, "rb").read() == open(shown[1].path, "rb").read() and copied.startswith(str(tab.scratch))
+        full = {"text": "", "files": [copied] * clip_vlm.limits.max_images}
+        assert tab.pick(shown, full, evt)[2].startswith(ERROR_MARK)
+        out_of_range = gr.SelectData(None, {"index": 9, "value": None, "selected": True})
+        assert tab.pick(shown, None, out_of_range)[2].startswith(ERROR_MARK)
+    finally:
+        tab.close()
+        engine.close()

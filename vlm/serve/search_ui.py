@@ -213,7 +213,10 @@ def build_search_tab(engine: Engine, config: ServeConfig, tabs: gr.Tabs, chat_bo
     gallery = gr.Gallery(label="Results (score · file)", elem_id="search-gallery", columns=6, height="auto",
                          allow_preview=False, object_fit="cover", interactive=False)
     shown = gr.State([])
-    with gr.Accordion("Index a folder", open=not config.index):
+    from vlm.index import MANIFEST
+
+    has_index = bool(config.index) and (Path(config.index).expanduser() / MANIFEST).is_file()
+    with gr.Accordion("Index a folder", open=not has_index, elem_id="search-indexing"):
         with gr.Row():
             source = gr.Textbox(label="Folder of images (on the server)", placeholder="/path/to/photos",
                                 elem_id="search-source", scale=4)

@@ -249,7 +249,8 @@ def build_ui(engine: Engine, config: ServeConfig, examples: dict[str, Path]) -> 
     model_id = config.served_model_id()
     with gr.Blocks(title=f"vlm · {model_id}") as demo:
         gr.Markdown(f"## vlm — {model_id}\nA LLaVA-style vision-language assistant. "
-                    "The same model answers the OpenAI-compatible API at `/v1/chat/completions`.")
+                    "The same model answers the OpenAI-compatible API at `/v1/chat/completions` "
+                    "(and `/v1/embeddings` with its CLIP).")
         with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat"):
                 with gr.Row():
