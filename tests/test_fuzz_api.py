@@ -81,6 +81,7 @@ def test_server_survived_the_fuzz(fuzz_server):
     print("fuzz:", json.dumps(summary))
     assert idle["failed"] == 0
     operations = {k.rsplit(" ", 1)[0] for k in STATUSES}
-    assert operations == {"GET /health", "GET /v1/models", "GET /v1/models/{model_id}", "POST /v1/chat/completions"}
-    chats = {k.rsplit(" ", 1)[1]: n for k, n in STATUSES.items() if k.startswith("POST")}
+    assert operations == {"GET /health", "GET /v1/models", "GET /v1/models/{model_id}", "POST /v1/chat/completions",
+                          "POST /v1/embeddings"}
+    chats = {k.rsplit(" ", 1)[1]: n for k, n in STATUSES.items() if k.startswith("POST /v1/chat")}
     assert sum(chats.values()) >= EXAMPLES // 2 and chats.get("200") and chats.get("400"), chats  # both kinds

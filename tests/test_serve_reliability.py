@@ -239,7 +239,8 @@ def test_corrupt_png_chunks_are_a_client_error(tiny_vlm):
 def test_openapi_schema_describes_the_api(tiny_vlm):
     with app_client(tiny_vlm, api_key="k", max_tokens_cap=64) as (client, engine):
         schema = client.get("/openapi.json").json()
-        assert set(schema["paths"]) == {"/health", "/v1/models", "/v1/models/{model_id}", "/v1/chat/completions"}
+        assert set(schema["paths"]) == {"/health", "/v1/models", "/v1/models/{model_id}", "/v1/chat/completions",
+                                        "/v1/embeddings"}
         post = schema["paths"]["/v1/chat/completions"]["post"]
         assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/ChatCompletionRequest")
         assert post["security"] == [{"bearer": []}] and "422" not in post["responses"]
@@ -250,6 +251,10 @@ def test_openapi_schema_describes_the_api(tiny_vlm):
         for status in ("400", "401", "429", "500"):
             assert post["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorResponse")
         assert "security" not in schema["paths"]["/health"]["get"]
+        embeddings = schema["paths"]["/v1/embeddings"]["post"]
+        assert embeddings["security"] == [{"bearer": []}]
+        assert embeddings["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/EmbeddingRequest")
+        assert schema["components"]["schemas"]["EmbeddingRequest"]["additionalProperties"] is False
 
 
 # -- a real server on vlm-tiny, through the openai client ---------------------------------------------------

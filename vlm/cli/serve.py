@@ -36,6 +36,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-moderation", action="store_true", help="do not screen images with open_nsfw")
     parser.add_argument("--moderation-threshold", type=float, default=0.8,
                         help="open_nsfw score at or above which an image is refused (default 0.8)")
+    parser.add_argument("--clip", default=None, help="CLIP folder for /v1/embeddings and the Search tab "
+                        "(default: the model folder's clip/, if any)")
+    parser.add_argument("--index", default=None, help="image index folder the UI's Search tab opens by default "
+                        "(`vlm index add DIR --db PATH` makes one)")
     parser.add_argument("--no-ui", action="store_true", help="API only")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
@@ -63,7 +67,7 @@ def config_from_args(args):
         remote_images=RemoteImagePolicy(enabled=args.allow_remote_images, max_bytes=args.remote_image_max_bytes,
                                         timeout_s=args.remote_image_timeout),
         moderation=not args.no_moderation, moderation_threshold=args.moderation_threshold, ui=not args.no_ui,
-        threads=args.threads,
+        threads=args.threads, clip=args.clip, index=args.index,
     )
 
 

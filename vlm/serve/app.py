@@ -21,7 +21,7 @@ def build_engine(config: ServeConfig, vlm=None) -> Engine:
     if vlm is None:
         from vlm import VLM
 
-        vlm = VLM.load(config.model, dtype=config.dtype, limits=config.limits)
+        vlm = VLM.load(config.model, dtype=config.dtype, limits=config.limits, clip=config.clip)
     else:
         vlm.limits = config.limits
     moderator = None
@@ -161,7 +161,7 @@ def serve(config: ServeConfig, vlm=None) -> int:
     host = f"[{config.host}]" if ":" in config.host else config.host
     url = f"http://{host}:{{port}}"
     server.announce = (f"vlm serve: {config.served_model_id()} running at {url}  "
-                       f"(UI: {url}/  API: {url}/v1/chat/completions)")
+                       f"(UI: {url}/  API: {url}/v1/chat/completions, {url}/v1/embeddings)")
     try:
         server.run()
     finally:

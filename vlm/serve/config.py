@@ -59,6 +59,10 @@ class ServeConfig:
     moderation_threshold: float = 0.8  # open_nsfw score at or above which an image is refused
     ui: bool = True
     threads: int | None = None  # torch intra-op threads; None: torch's default
+    clip: str | None = None  # the CLIP for /v1/embeddings and the Search tab; None: the model folder's clip/
+    index: str | None = None  # the image index the UI's Search tab opens by default (an ImageIndex folder)
+    max_embedding_inputs: int = 2048  # items per /v1/embeddings request (OpenAI's limit)
+    max_embedding_images: int = 64  # images per /v1/embeddings request
 
 
     def __post_init__(self) -> None:
@@ -80,6 +84,9 @@ class ServeConfig:
             raise ValueError(f"retry_after_s must be at least 1, got {self.retry_after_s}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
+        if self.max_embedding_inputs < 1 or self.max_embedding_images < 0:
+            raise ValueError("max_embedding_inputs must be at least 1 and max_embedding_images at least 0, got "
+                             f"{self.max_embedding_inputs} and {self.max_embedding_images}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("--api-key must not be empty")
 

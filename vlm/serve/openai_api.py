@@ -1,5 +1,6 @@
-"""OpenAI-compatible routes: ``POST /v1/chat/completions``, ``GET /v1/models[/{id}]``, ``GET /health``, and the
-OpenAPI schema that describes them (``GET /openapi.json``).
+"""OpenAI-compatible routes: ``POST /v1/chat/completions``, ``POST /v1/embeddings`` (the served model's CLIP,
+:mod:`vlm.serve.embeddings`), ``GET /v1/models[/{id}]``, ``GET /health``, and the OpenAPI schema that describes
+them (``GET /openapi.json``).
 
 Every failure is an OpenAI error object. A route under ``/v1`` that does not exist is a 404, a known route
 asked with the wrong method a 405 with ``Allow``. ``response_format`` ``json_object`` / ``json_schema`` is
@@ -24,6 +25,7 @@ from starlette.routing import Route
 from vlm import generation
 from vlm.errors import InputError
 
+from . import embeddings
 from .config import ServeConfig
 from .engine import Completion, Engine, Job, new_request_id
 from .errors import (BadRequest, MethodNotAllowed, ModelNotFound, RouteNotFound, ServeError, ShuttingDown, Timeout,
@@ -133,8 +135,18 @@ class OpenAIRoutes:
             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}}},
         )
+        r.add_api_route(
+            "/v1/embeddings", self.create_embeddings, methods=["POST"], response_model=None,
+            summary="Create embeddings",
+            description="Unit vectors of texts and (vlm's extension) images, from the served model's CLIP: an "
+                        "input item that is a `data:image/` string or an `image_url` object is an image.",
+            responses={200: {"model": embeddings.EmbeddingList, "description": "one embedding per input, in order"},
+                       **_errors(400, 404, 413, 429, 500, 503, 504), **auth},
+            openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/EmbeddingRequest"}}}}},
+        )
         self.paths = {"/health": {"GET"}, "/v1/models": {"GET"}, "/v1/models/{model_id:path}": {"GET"},
-                      "/v1/chat/completions": {"POST"}}
+                      "/v1/chat/completions": {"POST"}, "/v1/embeddings": {"POST"}}
         # After the routes above (which match their own methods first): any other method on them is a 405,
         # anything else under /v1 is ours, not the UI's: an OpenAI 404. Raw ASGI endpoints match every method.
         for path, methods in self.paths.items():
@@ -152,7 +164,10 @@ class OpenAIRoutes:
         schema["properties"]["model"] = {"type": "string", "title": "Model", "enum": names}
         schema["properties"]["max_tokens"]["anyOf"][0]["maximum"] = self.config.max_tokens_cap
         schema["properties"]["max_completion_tokens"]["anyOf"][0]["maximum"] = self.config.max_tokens_cap
-        return {"ChatCompletionRequest": schema, **defs}
+        emb = embeddings.EmbeddingRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        defs.update(emb.pop("$defs", {}))
+        emb["properties"]["model"] = {"type": "string", "title": "Model", "enum": names}
+        return {"ChatCompletionRequest": schema, "EmbeddingRequest": emb, **defs}
 
     # -- helpers -----------------------------------------------------------------------------------
     def check_auth(self, request: Request) -> None:
@@ -291,6 +306,27 @@ class OpenAIRoutes:
             }],
             "usage": _usage(done),
         }
+
+    async def create_embeddings(self, request: Request):
+        self.check_auth(request)
+        rid = request_id(request)
+        req = embeddings.parse_embedding_request(await self.read_body(request))
+        if req.model not in self.model_names:
+            raise ModelNotFound(f"model {req.model!r} does not exist; this server serves {self.model_id!r}",
+                                param="model")
+        cfg = self.config
+        texts, images = await run_in_threadpool(embeddings.split_inputs, req, self.engine.vlm.limits,
+                                                cfg.remote_images, cfg.max_embedding_inputs, cfg.max_embedding_images)
+        job = self.engine.submit(lambda job: embeddings.embed(self.engine.vlm, req, texts, images, self.model_id),
+                                 loop=asyncio.get_running_loop(), request_id=rid)
+        try:
+            async for _ in job:
+                pass
+        finally:
+            job.stop("cancelled")  # no-op when finished
+        if job.reason == "timeout":
+            raise Timeout(f"the embeddings request timed out after {job.timeout_s:g}s")
+        return job.result
 
     async def _sse(self, job: Job, cid: str, include_usage: bool):
         created = int(time.time())

@@ -1,4 +1,5 @@
-"""The browser UI (Gradio Blocks): Chat, Extract and Model tabs, all running on the shared Engine."""
+"""The browser UI (Gradio Blocks): Chat, Search (:mod:`vlm.serve.search_ui`), Extract and Model tabs, all
+running on the shared Engine."""
 from __future__ import annotations
 
 import dataclasses
@@ -248,8 +249,9 @@ def build_ui(engine: Engine, config: ServeConfig, examples: dict[str, Path]) -> 
     model_id = config.served_model_id()
     with gr.Blocks(title=f"vlm · {model_id}") as demo:
         gr.Markdown(f"## vlm — {model_id}\nA LLaVA-style vision-language assistant. "
-                    "The same model answers the OpenAI-compatible API at `/v1/chat/completions`.")
-        with gr.Tabs():
+                    "The same model answers the OpenAI-compatible API at `/v1/chat/completions` "
+                    "(and `/v1/embeddings` with its CLIP).")
+        with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat"):
                 with gr.Row():
                     with gr.Column(scale=4):
@@ -284,6 +286,11 @@ def build_ui(engine: Engine, config: ServeConfig, examples: dict[str, Path]) -> 
                                 concurrency_limit=None)
                 clear_btn.click(ui.clear, None, [chatbot, box], queue=False, api_name="clear")
 
+            with gr.Tab("Search", id="search"):
+                from .search_ui import build_search_tab
+
+                demo_search = build_search_tab(engine, config, tabs, box)
+
             with gr.Tab("Extract", id="extract"):
                 gr.Markdown("Drop a receipt, invoice or form (image or PDF). Pick a template or type the fields; "
                             "the answer is JSON, with the OCR lines it was read from beside it.")
@@ -313,4 +320,5 @@ def build_ui(engine: Engine, config: ServeConfig, examples: dict[str, Path]) -> 
                 health = gr.JSON(label="Server status", value=engine.snapshot)
                 gr.Button("Refresh status").click(engine.snapshot, None, health, queue=False, api_name="status")
     demo.ui = ui  # handy for tests and introspection
+    demo.search = demo_search
     return demo
