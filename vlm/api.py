@@ -210,17 +210,22 @@ class VLM:
         return IndexAnswer(self.chat([{"role": "user", "content": content}], options, **gen), hits)
 
     # -- documents ----------------------------------------------------------------------------
-    def extract(self, source, fields=None, schema=None, pages=None, template=None, **gen):
-        """Fields of a receipt/invoice/form image or PDF as validated JSON grounded in OCR (see vlm.extract)."""
+    def extract(self, source, fields=None, schema=None, pages=None, template=None, *, ocr_engine=None, **gen):
+        """Fields of a receipt/invoice/form image or PDF as validated JSON grounded in OCR (see vlm.extract).
+
+        ``ocr_engine``: ``"rapidocr"``, ``"tesseract"`` or ``"both"`` (default: ``vlm.ocr.DEFAULT_ENGINE``)."""
         from .extract import extract
 
-        return extract(self, source, fields=fields, schema=schema, pages=pages, template=template, **gen)
+        return extract(self, source, fields=fields, schema=schema, pages=pages, template=template,
+                       ocr_engine=ocr_engine, **gen)
 
-    def ocr(self, source, pages=None) -> list:
-        """OCR lines (text, box, score, page) of an image or PDF, in reading order."""
+    def ocr(self, source, pages=None, *, engine=None) -> list:
+        """OCR lines (text, box, score, page) of an image or PDF, in reading order.
+
+        ``engine``: ``"rapidocr"``, ``"tesseract"`` or ``"both"`` (default: ``vlm.ocr.DEFAULT_ENGINE``)."""
         from .documents import ocr_document
 
-        return ocr_document(source, pages)
+        return ocr_document(source, pages, engine=engine)
 
     # -- introspection ------------------------------------------------------------------------
     def info(self) -> dict:

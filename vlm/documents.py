@@ -198,13 +198,16 @@ def iter_pages(
     return _image_pages(source, pages, limits)
 
 
-def ocr_document(source: ImageInput, pages=None, *, dpi: float | None = None) -> list:
-    """OCR lines of every selected page, in page order then reading order (``line.page`` is 1-based)."""
+def ocr_document(source: ImageInput, pages=None, *, dpi: float | None = None, engine: str | None = None) -> list:
+    """OCR lines of every selected page, in page order then reading order (``line.page`` is 1-based).
+
+    ``engine``: the OCR engine (:data:`vlm.ocr.OcrEngine`; default :data:`vlm.ocr.DEFAULT_ENGINE`)."""
     from dataclasses import replace
 
-    from .ocr import run_ocr
+    from .ocr import check_engine, run_ocr
 
+    engine = check_engine(engine)
     out = []
     for page in iter_pages(source, pages, **({} if dpi is None else {"dpi": dpi})):
-        out.extend(replace(line, page=page.number) for line in run_ocr(page.image))
+        out.extend(replace(line, page=page.number) for line in run_ocr(page.image, engine=engine))
     return out

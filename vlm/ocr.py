@@ -1,9 +1,19 @@
-"""Text lines of an image, with boxes, in reading order (rapidocr's PP-OCR ONNX models, CPU).
+"""Text lines of an image, with boxes, in reading order, from a choice of OCR engines (CPU).
 
-``run_ocr(image)`` returns :class:`OcrLine` objects sorted into reading order (see :func:`reading_order`).
-Results are cached per image content: the key is the sha256 of the decoded RGB pixels (plus size and the
-OCR/ordering version), kept in memory and as JSON under ``vlm.registry.cache_dir()/ocr``. Set
-``VLM_OCR_THREADS`` to change the number of onnxruntime threads (default: up to 4).
+``run_ocr(image, engine=...)`` returns :class:`OcrLine` objects sorted into reading order (see
+:func:`reading_order`). Engines (:data:`OcrEngine`):
+
+- ``"rapidocr"``: PP-OCRv6 small through rapidocr's ONNX models. ``VLM_OCR_THREADS`` sets the number of
+  onnxruntime threads (default: up to 4);
+- ``"tesseract"``: Tesseract through tesserocr (:mod:`vlm.ocr_tesseract`, settings in
+  :class:`~vlm.ocr_tesseract.TesseractConfig`);
+- ``"both"``: both engines, their lines combined by :func:`vlm.ocr_merge.merge_lines`.
+
+:data:`DEFAULT_ENGINE` is the one chosen by the SROIE measurements in docs/ocr.md. Results are cached per
+engine and image content: the key is the sha256 of the decoded RGB pixels plus size and the engine's
+version string (engine name and settings), kept in memory and as JSON under ``vlm.registry.cache_dir()/ocr``.
+``"both"`` caches each engine's lines and merges them on every call. A missing engine raises
+:class:`vlm.errors.OcrEngineError`; an unknown engine name a ``ValueError``.
 """
 from __future__ import annotations
 
@@ -15,14 +25,34 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import median
+from typing import TYPE_CHECKING, Literal, get_args
 
 from .images import ImageInput, load_image
 
-# Bump when the engine settings change, so stale cache entries are not reused. The cache holds the engine's
+if TYPE_CHECKING:
+    from .ocr_merge import MergeConfig
+    from .ocr_tesseract import TesseractConfig
+
+OcrEngine = Literal["rapidocr", "tesseract", "both"]
+ENGINES: tuple[str, ...] = get_args(OcrEngine)
+DEFAULT_ENGINE: OcrEngine = "rapidocr"
+
+# Bump when the rapidocr settings change, so stale cache entries are not reused. The cache holds the engine's
 # lines; reading order is applied on every call (it is cheap and ignores the stored order), so ordering
 # changes need no bump. ("order2" in the name is historical: early entries were stored pre-sorted.)
 OCR_VERSION = "rapidocr3-ppocrv6-order2"
+TESSERACT_VERSION = "tesseract1"  # bump when vlm.ocr_tesseract's line building changes
 _MEMORY_ENTRIES = 256
+
+
+def check_engine(engine: str | None) -> OcrEngine:
+    """``engine`` as an :data:`OcrEngine` (``None`` -> :data:`DEFAULT_ENGINE`), or a ``ValueError`` naming
+    the choices."""
+    if engine is None:
+        return DEFAULT_ENGINE
+    if engine not in ENGINES:
+        raise ValueError(f"unknown OCR engine {engine!r}; choose from {', '.join(ENGINES)}")
+    return engine  # type: ignore[return-value]
 
 
 @dataclass
@@ -44,18 +74,24 @@ class OcrLine:
                    page=int(d.get("page", 1)))
 
 
-# -- engine ---------------------------------------------------------------------------------------
+# -- engines --------------------------------------------------------------------------------------
 _engine = None
 _engine_lock = threading.Lock()
 _memory: OrderedDict[str, list[OcrLine]] = OrderedDict()
-_stats = {"engine_runs": 0, "memory_hits": 0, "disk_hits": 0}
+_stats = {"engine_runs": 0, "memory_hits": 0, "disk_hits": 0, "rapidocr_runs": 0, "tesseract_runs": 0}
 
 
 def _get_engine():
     global _engine
     with _engine_lock:
         if _engine is None:
-            from rapidocr import RapidOCR
+            try:
+                from rapidocr import RapidOCR
+            except ImportError as exc:
+                from .errors import OcrEngineError
+
+                raise OcrEngineError(f"the rapidocr OCR engine needs the Python package rapidocr "
+                                     f"(pip install 'rapidocr>=3.4'): {exc}") from exc
 
             threads = int(os.environ.get("VLM_OCR_THREADS", min(4, os.cpu_count() or 1)))
             _engine = RapidOCR(params={
@@ -67,7 +103,7 @@ def _get_engine():
 
 
 def ocr_stats() -> dict:
-    """How often the OCR engine ran and how often the caches answered (this process)."""
+    """How often the OCR engines ran (in all and per engine) and how often the caches answered (this process)."""
     return dict(_stats)
 
 
@@ -81,17 +117,25 @@ def _cache_path(key: str) -> Path:
     return cache_dir() / "ocr" / key[:2] / f"{key}.json"
 
 
-def image_key(img) -> str:
-    """Content key of a loaded RGB image: sha256 of its pixels, size and the OCR version."""
+def image_key(img, version: str = OCR_VERSION) -> str:
+    """Content key of a loaded RGB image: sha256 of its pixels, size and the engine's version string."""
     h = hashlib.sha256()
-    h.update(f"{OCR_VERSION}|{img.mode}|{img.size[0]}x{img.size[1]}|".encode())
+    h.update(f"{version}|{img.mode}|{img.size[0]}x{img.size[1]}|".encode())
     h.update(img.tobytes())
     return h.hexdigest()
 
 
-def _raw_ocr(img) -> list[OcrLine]:
+def engine_version(engine: Literal["rapidocr", "tesseract"], tesseract: "TesseractConfig | None" = None) -> str:
+    """The cache version string of one engine with its settings."""
+    if engine == "rapidocr":
+        return OCR_VERSION
+    from .ocr_tesseract import TesseractConfig, tesseract_version
+
+    return f"{TESSERACT_VERSION}-{tesseract_version()}-{(tesseract or TesseractConfig()).key()}"
+
+
+def _rapidocr_lines(img) -> list[OcrLine]:
     engine = _get_engine()
-    _stats["engine_runs"] += 1
     out = engine(img)
     if out.txts is None or out.boxes is None:
         return []
@@ -105,33 +149,64 @@ def _raw_ocr(img) -> list[OcrLine]:
     return lines
 
 
-def run_ocr(image: ImageInput, *, cache: bool = True) -> list[OcrLine]:
+def _raw_ocr(img, engine: Literal["rapidocr", "tesseract"] = "rapidocr",
+             tesseract: "TesseractConfig | None" = None) -> list[OcrLine]:
+    if engine == "rapidocr":
+        lines = _rapidocr_lines(img)
+    else:
+        from .ocr_tesseract import tesseract_lines
+
+        lines = tesseract_lines(img, tesseract)
+    _stats["engine_runs"] += 1
+    _stats[f"{engine}_runs"] += 1
+    return lines
+
+
+def _engine_lines(img, engine: Literal["rapidocr", "tesseract"], cache: bool,
+                  tesseract: "TesseractConfig | None") -> list[OcrLine]:
+    """One engine's lines of a loaded image (engine order), through the memory and disk caches."""
+    if not cache:
+        return _raw_ocr(img, engine, tesseract)
+    key = image_key(img, engine_version(engine, tesseract))
+    if key in _memory:
+        _memory.move_to_end(key)
+        _stats["memory_hits"] += 1
+        return [OcrLine(**asdict(line)) for line in _memory[key]]
+    path = _cache_path(key)
+    if path.is_file():
+        try:
+            lines = [OcrLine.from_dict(d) for d in json.loads(path.read_text())]
+        except (ValueError, KeyError, TypeError):
+            lines = None  # a damaged entry: run OCR again and overwrite it
+        if lines is not None:
+            _stats["disk_hits"] += 1
+            _remember(key, lines)
+            return lines
+    lines = _raw_ocr(img, engine, tesseract)
+    _remember(key, lines)
+    _write_disk(key, lines)
+    return lines
+
+
+def run_ocr(image: ImageInput, *, engine: OcrEngine | None = None, cache: bool = True,
+            tesseract: "TesseractConfig | None" = None, merge: "MergeConfig | None" = None) -> list[OcrLine]:
     """OCR lines of one image in reading order. Accepts anything :func:`vlm.images.load_image` does.
 
-    An image without text gives ``[]``. Results are cached per image content (memory and disk).
+    ``engine``: ``"rapidocr"``, ``"tesseract"`` or ``"both"`` (default :data:`DEFAULT_ENGINE`);
+    ``tesseract``/``merge``: settings of the Tesseract engine and of the ``"both"`` combination (defaults:
+    the measured choices). An image without text gives ``[]``. Results are cached per engine and image
+    content (memory and disk) unless ``cache=False``.
     """
+    engine = check_engine(engine)
     img = load_image(image)
-    key = image_key(img)
-    if cache:
-        if key in _memory:
-            _memory.move_to_end(key)
-            _stats["memory_hits"] += 1
-            return reading_order([OcrLine(**asdict(line)) for line in _memory[key]])
-        path = _cache_path(key)
-        if path.is_file():
-            try:
-                lines = [OcrLine.from_dict(d) for d in json.loads(path.read_text())]
-            except (ValueError, KeyError, TypeError):
-                lines = None  # a damaged entry: run OCR again and overwrite it
-            if lines is not None:
-                _stats["disk_hits"] += 1
-                _remember(key, lines)
-                return reading_order(lines)
-    lines = _raw_ocr(img)
-    if cache:
-        _remember(key, lines)
-        _write_disk(key, lines)
-    return reading_order(lines)
+    if engine != "both":
+        return reading_order(_engine_lines(img, engine, cache, tesseract))
+    from .ocr_merge import MergeConfig, merge_lines
+
+    merge = merge or MergeConfig()
+    other = "tesseract" if merge.primary == "rapidocr" else "rapidocr"
+    primary = _engine_lines(img, merge.primary, cache, tesseract)
+    return reading_order(merge_lines(primary, _engine_lines(img, other, cache, tesseract), merge))
 
 
 def _remember(key: str, lines: list[OcrLine]) -> None:

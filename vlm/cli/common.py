@@ -44,3 +44,10 @@ def load_model(args: argparse.Namespace):
     from vlm import VLM
 
     return VLM.load(args.model, dtype=args.dtype)
+
+
+def add_ocr_engine_argument(parser: argparse.ArgumentParser) -> None:
+    from vlm.ocr import DEFAULT_ENGINE, ENGINES
+
+    parser.add_argument("--ocr-engine", default=None, choices=ENGINES,
+                        help=f"OCR engine: {', '.join(ENGINES)} (both engines, lines merged; default: {DEFAULT_ENGINE})")

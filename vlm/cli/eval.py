@@ -1,6 +1,9 @@
-"""``vlm eval {sroie,captions,retrieval,vqa}``: score a model and its baselines on a JSONL data file.
+"""``vlm eval {sroie,captions,retrieval,vqa,ocr}``: score a model and its baselines on a JSONL data file.
 
-Each run writes ``--out DIR/report.json`` (metrics of every system side by side, model, data, timings) and
+``vlm eval ocr`` scores OCR engines alone (no model): per-field ceilings on SROIE and speed
+(:mod:`vlm.eval.ocr_ceiling`); it writes ``--out DIR/report.json`` and prints a Markdown table.
+
+The other tasks: each run writes ``--out DIR/report.json`` (metrics of every system side by side, model, data, timings) and
 ``DIR/predictions.jsonl`` (one line per example and system, appended as it goes). Running the same
 command again resumes: finished examples are not redone (``--fresh`` starts over).
 """
@@ -11,7 +14,7 @@ from pathlib import Path
 
 from vlm.paths import data_dir
 
-HELP = "evaluate a model against baselines (sroie, captions, retrieval, vqa)"
+HELP = "evaluate a model against baselines (sroie, captions, retrieval, vqa), or OCR engines (ocr)"
 
 DEFAULT_FLICKR_TRAIN = data_dir("flickr8k", "train.jsonl")
 
@@ -53,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _model_args(p, "sroie")
     p.add_argument("--llm", default="smollm2-135m-instruct", help="text LLM of the zero-shot baseline")
     p.add_argument("--zero-shot-limit", type=int, default=None, help="run the zero-shot baseline on the first N only")
+    from vlm.cli.common import add_ocr_engine_argument
+
+    add_ocr_engine_argument(p)
 
     p = sub.add_parser("captions", help="captioning (BLEU-4, CIDEr) vs nearest-neighbour captions")
     _common(p, "captions")
@@ -83,6 +89,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--llm", default="smollm2-135m-instruct",
                    help="base text LLM of the optional 'llm' system (the same prompt, no image; default: %(default)s)")
     p.set_defaults(systems="model,blind,prior")
+
+    p = sub.add_parser("ocr", help="OCR engines on SROIE: per-field ceilings (gold value in the OCR text) and speed")
+    p.add_argument("--data", required=True, help="SROIE JSONL (id, image, entities; e.g. sroie_val.jsonl from "
+                   "`vlm prep sroie`) or a folder holding train.jsonl (the shared SROIE folder)")
+    p.add_argument("--engines", default="rapidocr,tesseract,both", help="comma-separated engines (default: %(default)s)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/eval/ocr-<data file name>)")
+    p.add_argument("--limit", type=int, default=None, help="the first N receipts only (after --every)")
+    p.add_argument("--every", type=int, default=1, help="every N-th receipt of the file (a spread-out sample)")
+    p.add_argument("--timed", type=int, default=10, help="receipts OCR'd without the cache and timed (default: 10)")
+    p.add_argument("--tesseract-psm", type=int, default=None, help="Tesseract page segmentation mode (3, 4, 6, 11...)")
+    p.add_argument("--tesseract-scale", type=float, default=None, help="resize factor before Tesseract")
+    p.add_argument("--tesseract-binarise", action=argparse.BooleanOptionalAction, default=None,
+                   help="Otsu-binarise the image before Tesseract")
+    p.add_argument("--merge-conflicts", action=argparse.BooleanOptionalAction, default=None,
+                   help="'both': keep the second engine's lines that overlap but read differently")
+    p.add_argument("--merge-primary", default=None, choices=["rapidocr", "tesseract"],
+                   help="'both': the engine whose lines are all kept")
+    p.add_argument("--progress", action="store_true", help="print a line per receipt")
 
 
 def _systems(args) -> list[str]:
@@ -119,6 +143,10 @@ class _ModelLoader:
 
 
 def run(args) -> int:
+    if args.task == "ocr":
+        from vlm.cli.eval_ocr import run_ocr_eval
+
+        return run_ocr_eval(args)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     task = {"sroie": _sroie, "captions": _captions, "retrieval": _retrieval, "vqa": _vqa}[args.task]
@@ -135,7 +163,10 @@ def _sroie(args) -> dict:
     from vlm.eval.records import load_eval_records
     from vlm.eval.report import RunInfo
 
+    from vlm.ocr import check_engine
+
     names = _systems(args)
+    engine = check_engine(args.ocr_engine)
     records = load_eval_records(args.data, ("image", "entities"), args.limit)
     load = _ModelLoader(args)
     gen = _gen(args)
@@ -144,17 +175,22 @@ def _sroie(args) -> dict:
         vlm = load()
         if not hasattr(vlm, "extract"):
             raise ValueError("this vlm has no VLM.extract; run the baselines only with --systems rules,zero-shot")
-        return sroie.model_predictor(vlm, **gen)
+        return sroie.model_predictor(vlm, ocr_engine=engine, **gen)
+
+    def ocr(image):
+        from vlm.ocr import run_ocr
+
+        return run_ocr(image, engine=engine)
 
     def rules():
         from vlm.eval.baselines.rules import predictor
 
-        return predictor()
+        return predictor(ocr)
 
     def zero_shot():
         from vlm.eval.baselines.zero_shot import ZeroShotExtractor
 
-        return ZeroShotExtractor(args.llm, dtype=_torch_dtype(args.dtype))
+        return ZeroShotExtractor(args.llm, ocr=ocr, dtype=_torch_dtype(args.dtype))
 
     makers = {
         "model": System("model", model, batch_size=1, note="VLM.extract(image, template='receipt') with the model's own OCR"),
@@ -163,7 +199,7 @@ def _sroie(args) -> dict:
                             note=f"OCR + {args.llm} prompted zero-shot for JSON, no image"),
     }
     info = RunInfo("sroie", str(Path(args.data).resolve()), args.model,
-                   {"dtype": args.dtype, "levers": args.levers, "llm": args.llm, **gen})
+                   {"dtype": args.dtype, "levers": args.levers, "llm": args.llm, "ocr_engine": engine, **gen})
     keys = {r.id: r.data["entities"] for r in records}
     return evaluate(info, records, [makers[n] for n in names], _out(args),
                     score=lambda preds, recs: sroie.score(preds, [keys[r.id] for r in recs]),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_model_arguments, load_model
+from .common import add_model_arguments, add_ocr_engine_argument, load_model
 
 HELP = "extract fields from a receipt/invoice/form image or PDF as JSON grounded in OCR"
 
@@ -21,6 +21,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-ground", action="store_true",
                         help="allow values that are not in the OCR text (default: they must be)")
     parser.add_argument("--dpi", type=float, default=None, help="PDF render resolution (default 200)")
+    add_ocr_engine_argument(parser)
     add_model_arguments(parser)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="answer budget (default: by field count)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -44,7 +45,7 @@ def run(args) -> int:
     model = load_model(args)
     result = model.extract(
         args.file, fields=fields, schema=schema, pages=args.pages, template=args.template,
-        per_page=args.per_page, ground=not args.no_ground, dpi=args.dpi,
+        per_page=args.per_page, ground=not args.no_ground, dpi=args.dpi, ocr_engine=args.ocr_engine,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
     )
     print(json.dumps(result, ensure_ascii=False, indent=2))

@@ -12,13 +12,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dpi", type=float, default=None, help="PDF render resolution (default 200)")
     parser.add_argument("--text", action="store_true",
                         help="print the compact text the extraction prompt uses instead of JSON")
+    from .common import add_ocr_engine_argument
+
+    add_ocr_engine_argument(parser)
 
 
 def run(args) -> int:
     from vlm.documents import ocr_document
     from vlm.extract.prompts import format_ocr
 
-    lines = ocr_document(args.file, args.pages, dpi=args.dpi)
+    lines = ocr_document(args.file, args.pages, dpi=args.dpi, engine=args.ocr_engine)
     if args.text:
         print(format_ocr(lines))
     else:

@@ -63,11 +63,12 @@ def reference(record: Record) -> dict:
     return record.data["entities"]
 
 
-def model_predictor(vlm, template: str = "receipt", **gen):
+def model_predictor(vlm, template: str = "receipt", ocr_engine: str | None = None, **gen):
     """The model as a system: ``VLM.extract(image, template="receipt")`` per receipt (the four SROIE fields;
-    date and total chosen among the OCR's date- and amount-shaped strings)."""
+    date and total chosen among the OCR's date- and amount-shaped strings), OCR by ``ocr_engine``."""
+    kw = {} if ocr_engine is None else {"ocr_engine": ocr_engine}
 
     def predict(batch: Sequence[Record]) -> list[dict]:
-        return [clean_prediction(vlm.extract(rec.image, template=template, **gen)) for rec in batch]
+        return [clean_prediction(vlm.extract(rec.image, template=template, **kw, **gen)) for rec in batch]
 
     return predict

@@ -26,7 +26,7 @@ from ..config import GenerationOptions
 from ..documents import iter_pages
 from ..errors import InputError
 from ..messages import normalise, user_turn
-from ..ocr import OcrLine, run_ocr
+from ..ocr import OcrEngine, OcrLine, check_engine, run_ocr
 from .constrained import JsonLogitsProcessor, JsonObjectMachine, ValueRule, eos_token_ids, token_texts
 from .patterns import candidates
 from .prompts import Template, fields_prompt, format_ocr, freeform_prompt, get_template
@@ -127,8 +127,11 @@ def _typed(doc: DocSchema, raw: dict) -> dict:
 
 def extract(vlm, source, fields=None, schema=None, pages=None, template: str | Template | None = None, *,
             per_page: bool = False, ground: bool = True, dpi: float | None = None,
-            options: GenerationOptions | None = None, **gen):
+            options: GenerationOptions | None = None, ocr_engine: OcrEngine | None = None, **gen):
     """Extract fields from an image or PDF. See the module docstring for the rules.
+
+    ``ocr_engine``: the OCR engine (``"rapidocr"``, ``"tesseract"`` or ``"both"``; default
+    :data:`vlm.ocr.DEFAULT_ENGINE`).
 
     Returns a dict (fields / JSON Schema / template), a pydantic instance (pydantic schema), or with
     ``per_page=True`` a list of ``{"page": n, "fields": ...}``.
@@ -136,6 +139,7 @@ def extract(vlm, source, fields=None, schema=None, pages=None, template: str | T
     if isinstance(template, str):
         template = get_template(template)
     doc = resolve_schema(fields, schema, template)
+    ocr_engine = check_engine(ocr_engine)
     if gen.get("max_new_tokens") is None and options is None:
         # never more than half the context, so small-context models still have room for the OCR text
         gen["max_new_tokens"] = min(default_max_new_tokens(doc), generation.context_length(vlm.model) // 2)
@@ -144,7 +148,7 @@ def extract(vlm, source, fields=None, schema=None, pages=None, template: str | T
     results: list[tuple[int, dict]] = []
     merged: dict = {} if doc.freeform else doc.empty()
     for page in iter_pages(source, pages, limits=vlm.limits, **page_kw):
-        lines = [replace(line, page=page.number) for line in run_ocr(page.image)]
+        lines = [replace(line, page=page.number) for line in run_ocr(page.image, engine=ocr_engine)]
         typed = _typed(doc, extract_page(vlm, page.image, lines, doc, opts, ground))
         results.append((page.number, typed))
         for key, value in typed.items():
