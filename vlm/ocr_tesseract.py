@@ -147,8 +147,11 @@ def _read_words(img, config: TesseractConfig) -> list[list[Word]]:
         api.SetImage(img)
         api.Recognize()
         it = api.GetIterator()
-        for word in tesserocr.iterate_level(it, RIL.WORD):
-            text = word.GetUTF8Text(RIL.WORD)
+        for word in tesserocr.iterate_level(it, RIL.WORD) if it is not None else ():
+            try:
+                text = word.GetUTF8Text(RIL.WORD)
+            except RuntimeError:  # an empty page: the iterator stands on no word
+                continue
             box = word.BoundingBox(RIL.WORD)
             if word.IsAtBeginningOf(RIL.TEXTLINE) or not lines:
                 lines.append([])
