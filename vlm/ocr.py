@@ -22,12 +22,13 @@ import json
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from statistics import median
 from typing import TYPE_CHECKING, Literal, get_args
 
 from .images import ImageInput, load_image
+from .ocr_line import OcrLine
 
 if TYPE_CHECKING:
     from .ocr_merge import MergeConfig
@@ -53,25 +54,6 @@ def check_engine(engine: str | None) -> OcrEngine:
     if engine not in ENGINES:
         raise ValueError(f"unknown OCR engine {engine!r}; choose from {', '.join(ENGINES)}")
     return engine  # type: ignore[return-value]
-
-
-@dataclass
-class OcrLine:
-    text: str
-    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in image pixels
-    score: float
-    page: int = 1  # 1-based page number; set by vlm.documents for multi-page sources
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["box"] = [round(v, 1) for v in self.box]
-        out["score"] = round(self.score, 4)
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "OcrLine":
-        return cls(text=d["text"], box=tuple(float(v) for v in d["box"]), score=float(d["score"]),
-                   page=int(d.get("page", 1)))
 
 
 # -- engines --------------------------------------------------------------------------------------

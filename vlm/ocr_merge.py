@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Literal
 
-from .ocr import OcrLine
+from .ocr_line import OcrLine
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 from statistics import median
 
 from .errors import OcrEngineError
+from .ocr_line import OcrLine
 
 TESSDATA_DIRS = ("/usr/share/tesseract-ocr/5/tessdata", "/usr/share/tesseract-ocr/4.00/tessdata",
                  "/usr/share/tessdata", "/usr/local/share/tessdata")
@@ -180,10 +181,8 @@ def split_at_gaps(words: list[Word], gap: float) -> list[list[Word]]:
     return groups
 
 
-def tesseract_lines(img, config: TesseractConfig | None = None) -> list:
+def tesseract_lines(img, config: TesseractConfig | None = None) -> list[OcrLine]:
     """OCR lines of an RGB ``PIL.Image`` (see the module docstring)."""
-    from .ocr import OcrLine
-
     config = config or TesseractConfig()
     prepared = _prepare(img, config)
     sx, sy = img.width / prepared.width, img.height / prepared.height
