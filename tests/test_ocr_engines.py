@@ -65,12 +65,14 @@ def test_cli_ocr_engine_flag(printed, tmp_path, capsys):
 
 def test_tesseract_cached_per_engine_and_settings(printed, tmp_path, monkeypatch):
     monkeypatch.setenv("VLM_CACHE", str(tmp_path))
+    clear_memory_cache()  # earlier tests OCR'd the same image
     runs = ocr_stats()["tesseract_runs"]
     first = run_ocr(printed, engine="tesseract")
     assert ocr_stats()["tesseract_runs"] == runs + 1
     assert run_ocr(printed.copy(), engine="tesseract") == first  # memory
     clear_memory_cache()
-    assert run_ocr(printed, engine="tesseract") == first  # disk
+    from_disk = run_ocr(printed, engine="tesseract")  # disk (scores stored to 4 decimals)
+    assert [(ln.text, ln.box) for ln in from_disk] == [(ln.text, ln.box) for ln in first]
     assert ocr_stats()["tesseract_runs"] == runs + 1
     run_ocr(printed, engine="tesseract", tesseract=TesseractConfig(psm=6))  # other settings: another entry
     assert ocr_stats()["tesseract_runs"] == runs + 2
