@@ -70,14 +70,24 @@ def adapter_base(path: str | os.PathLike) -> str:
     return _resolve_base(path, base)
 
 
+def peft_from_pretrained(model, path: Path, is_trainable: bool = False):
+    """``PeftModel.from_pretrained``, without peft's call of a deprecated transformers method warning users
+    on every load (``is_gradient_checkpointing``, peft 0.21 under transformers 5.2x)."""
+    import warnings
+
+    from peft import PeftModel
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return PeftModel.from_pretrained(model, path, is_trainable=is_trainable)
+
+
 def attach(model, processor, path: str | os.PathLike, is_trainable: bool = False):
     """(PeftModel over ``model``, processor) with the adapter folder's LoRA weights, projector and processor
     files; ``model`` is the loaded base (see :func:`vlm.loading.load_peft`)."""
-    from peft import PeftModel
-
     path = Path(path)
     meta = json.loads((path / META).read_text()) if (path / META).exists() else {}
-    peft_model = PeftModel.from_pretrained(model, path, is_trainable=is_trainable)
+    peft_model = peft_from_pretrained(model, path, is_trainable=is_trainable)
     proj_file = path / meta.get("projector", PROJECTOR)
     if proj_file.exists():
         dtype = next(_projector(_llava(peft_model)).parameters()).dtype

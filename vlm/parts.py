@@ -179,9 +179,9 @@ def load_parts(path: str | os.PathLike, dtype: torch.dtype = torch.float32, merg
     model.model.multi_modal_projector.load_state_dict({k: v.to(dtype) for k, v in proj.items()})
 
     if manifest.get("adapter"):
-        from peft import PeftModel
+        from .adapters import peft_from_pretrained
 
-        peft_model = PeftModel.from_pretrained(model, path / manifest["adapter"])
+        peft_model = peft_from_pretrained(model, path / manifest["adapter"])
         model = peft_model.merge_and_unload() if merge else peft_model.base_model.model
     processor.tokenizer.padding_side = "left"
     return model.eval(), processor
