@@ -272,8 +272,8 @@ def test_python_api_several_images_in_and_across_messages(tiny_vlm):
     assert first == tiny_vlm.chat(conversation, max_new_tokens=3)
     swapped = [dict(conversation[0], content=[conversation[0]["content"][1], conversation[0]["content"][0],
                                               conversation[0]["content"][2]])] + conversation[1:]
-    enc = tiny_vlm._encode([conversation], _opts())
-    enc_swapped = tiny_vlm._encode([swapped], _opts())
+    enc = tiny_vlm.prepare([conversation], _opts()).batch
+    enc_swapped = tiny_vlm.prepare([swapped], _opts()).batch
     assert not torch.equal(enc["pixel_values"], enc_swapped["pixel_values"])  # order is kept
     assert torch.equal(enc["pixel_values"][0], enc_swapped["pixel_values"][1])
 
