@@ -175,14 +175,17 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
-def _open(source: VideoInput, options: VideoOptions | None, limits: InputLimits | None, index: int | None):
-    name = describe(source, index)
+def _open(source: VideoInput, options: VideoOptions | None, limits: InputLimits | None, index: int | None,
+          name: str | None = None):
+    name = name or describe(source, index)
     return _Reader(_bytes(source, options or VideoOptions(), name), name, limits or InputLimits())
 
 
-def probe(source: VideoInput, options: VideoOptions | None = None, limits: InputLimits | None = None) -> VideoInfo:
-    """Duration (s), frame size and rate; the duration is decoded for when the container does not say."""
-    reader = _open(source, options, limits, None)
+def probe(source: VideoInput, options: VideoOptions | None = None, limits: InputLimits | None = None,
+          name: str | None = None) -> VideoInfo:
+    """Duration (s), frame size and rate; the duration is decoded for when the container does not say.
+    ``name``: how errors name the video (default: its path, else "the video")."""
+    reader = _open(source, options, limits, None, name)
     try:
         duration = reader.container_duration()
         size = (reader.stream.codec_context.width, reader.stream.codec_context.height)
@@ -215,37 +218,52 @@ def interval_times(duration: float, every: float) -> list[float]:
     return [round(i * every, 6) for i in range(count)]
 
 
+def iter_frames(source: VideoInput, times, options: VideoOptions | None = None, limits: InputLimits | None = None,
+                index: int | None = None, name: str | None = None):
+    """:class:`Frame` at each of ``times`` (ascending seconds), yielded as the video is decoded (one pass, only
+    the frames asked for are converted to images, so a long video is never held in memory)."""
+    times = [float(t) for t in times]
+    if any(b < a for a, b in zip(times, times[1:])):
+        raise ValueError("iter_frames needs ascending times")
+    if not times:
+        return
+    reader = _open(source, options, limits, index, name)
+    converted: dict[int, Image.Image] = {}
+
+    def frame(t: float, shown: float, av_frame) -> Frame:
+        if id(av_frame) not in converted:
+            converted.clear()  # one picture kept: the frame now on screen
+            converted[id(av_frame)] = av_frame.to_image().convert("RGB")
+        return Frame(time=t, shown=shown, image=converted[id(av_frame)])
+
+    try:
+        previous, k = None, 0
+        for when, av_frame in reader.frames():
+            # every asked time before this frame's shows the previous frame (this one, if it is the first)
+            while k < len(times) and times[k] < when - 1e-6:
+                yield frame(times[k], *(previous or (when, av_frame)))
+                k += 1
+            if k == len(times):
+                return
+            previous = (when, av_frame)
+        if previous is None:
+            raise VideoError(f"{reader.name} has no frames")
+        while k < len(times):  # at or after the last frame: the last frame
+            yield frame(times[k], *previous)
+            k += 1
+    finally:
+        reader.close()
+
+
 def read_frames(source: VideoInput, times, options: VideoOptions | None = None, limits: InputLimits | None = None,
                 index: int | None = None) -> list[Frame]:
     """One :class:`Frame` per time in ``times`` (seconds; any order, repeats allowed): the frame on screen then."""
     times = [float(t) for t in times]
-    if not times:
-        return []
-    reader = _open(source, options, limits, index)
-    wanted = sorted(range(len(times)), key=lambda i: times[i])
-    chosen: dict[int, tuple[float, object]] = {}
-    try:
-        previous, k = None, 0
-        for when, frame in reader.frames():
-            # every asked time before this frame's shows the previous frame (this one, if it is the first)
-            while k < len(wanted) and times[wanted[k]] < when - 1e-6:
-                chosen[wanted[k]] = previous or (when, frame)
-                k += 1
-            if k == len(wanted):
-                break
-            previous = (when, frame)
-        while k < len(wanted):  # at or after the last frame: the last frame
-            if previous is None:
-                raise VideoError(f"{reader.name} has no frames")
-            chosen[wanted[k]] = previous
-            k += 1
-        images = {id(f): f.to_image().convert("RGB") for _, f in chosen.values()}
-    finally:
-        reader.close()
-    out = []
-    for i, t in enumerate(times):
-        shown, frame = chosen[i]
-        out.append(Frame(time=t, shown=shown, image=images[id(frame)]))
+    order = sorted(range(len(times)), key=lambda i: times[i])
+    found = list(iter_frames(source, [times[i] for i in order], options, limits, index))
+    out: list[Frame | None] = [None] * len(times)
+    for i, f in zip(order, found):
+        out[i] = f
     return out
 
 
