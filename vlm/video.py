@@ -121,6 +121,11 @@ def _bytes(source: VideoInput, options: VideoOptions, name: str) -> bytes:
     return data
 
 
+def read_video_bytes(source: VideoInput, options: VideoOptions | None = None, name: str | None = None) -> bytes:
+    """The encoded bytes of a path, data URL or bytes object (checked: present, not empty, under the limit)."""
+    return _bytes(source, options or VideoOptions(), name or describe(source))
+
+
 class _Reader:
     """An open container with its first video stream; every FFmpeg failure becomes a VideoError naming it."""
 
