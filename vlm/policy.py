@@ -15,7 +15,7 @@ Contract:
   ``check(image)`` returns a :class:`PolicyVerdict` with every policy's score and the policies matched
   (score at or over their threshold), best first; ``check_many`` scores a batch. It needs no server.
 * :data:`DEFAULT_THRESHOLD` was calibrated on Flickr8k **train** photos (never dev) with vlm-tiny's CLIP by
-  ``python -m vlm.bench.policy_calibration`` (docs/clip.md has the figures): the threshold at which 5% of
+  ``python -m vlm.eval.policy_calibration`` (docs/clip.md has the figures): the threshold at which 5% of
   photos whose captions never mention a probe policy's object are blocked, pooled over the probe policies.
 """
 from __future__ import annotations

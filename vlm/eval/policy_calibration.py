@@ -9,7 +9,7 @@ set) scores every probe on every photo. The threshold reported for a candidate i
 per probe and pooled. The candidate with the highest pooled TPR is the recommendation; ``vlm.policy`` ships
 its template, neutral set and threshold (rounded to 2 decimals).
 
-Usage (one core):  python -m vlm.bench.policy_calibration --clip vlm-tiny [--limit 2000] [--json OUT.json]
+Usage (one core):  python -m vlm.eval.policy_calibration --clip vlm-tiny [--limit 2000] [--json OUT.json]
 """
 from __future__ import annotations
 
