@@ -7,7 +7,7 @@ Contract:
   the last ``=`` followed by a number splits them).
 * A raw CLIP cosine has no fixed scale (it depends on the CLIP, the phrase and the picture), so a policy's
   **score** is a probability against a fixed set of neutral phrases: ``softmax(logit_scale * cosines)`` over
-  the policy's phrase and the :data:`NEUTRAL` phrases ("a photo of a person.", "a photo of a street.", ...),
+  the policy's phrase and the :data:`NEUTRAL` phrases ("a man", "a woman", "people", "a building", ...),
   each put in :data:`TEMPLATE`, and the score is the policy's share. A picture the policy describes better
   than any everyday scene scores near 1; one that an everyday phrase describes better scores near 0. Each
   policy is scored against the neutral set on its own, so adding a policy never changes another's score.
@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-TEMPLATE = "a photo of {}."
-NEUTRAL = ("something", "a person", "people", "a street", "a room", "a landscape", "a building", "the sky",
-           "an object", "a crowd")
-DEFAULT_THRESHOLD = 0.5  # see the module docstring; docs/clip.md "Policy routing"
+# Chosen by the calibration on Flickr8k train (vlm/eval/policy_calibration.py, vlm-tiny's CLIP): the bare phrase
+# (the LiT text tower was trained on captions) against everyday caption subjects separated best: 53% of the
+# probes' positives blocked at 5% of their negatives (34.5% with "a photo of {}." and scene phrases).
+TEMPLATE = "{}"
+NEUTRAL = ("a man", "a woman", "a person", "people", "a child", "a girl", "a boy", "a crowd", "a building", "a room")
+DEFAULT_THRESHOLD = 0.77  # 5% of train negatives blocked, pooled over 10 probe policies (docs/clip.md)
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,11 @@ import torch
 
 from vlm.paths import data_dir
 
+SCENES = ("something", "a person", "people", "a street", "a room", "a landscape", "a building", "the sky",
+          "an object", "a crowd")
 CANDIDATES = {
-    "photo-template, scene neutrals": ("a photo of {}.", None),
-    "bare template, scene neutrals": ("{}", None),
+    "photo-template, scene neutrals": ("a photo of {}.", SCENES),
+    "bare template, scene neutrals": ("{}", SCENES),
     "bare template, caption neutrals": ("{}", ("a man", "a woman", "a person", "people", "a child", "a girl",
                                                "a boy", "a crowd", "a building", "a room")),
 }
@@ -33,7 +35,7 @@ CANDIDATES = {
 
 def calibrate(clip, records, data: Path, fpr: float) -> dict:
     from vlm.eval.retrieval_zeroshot import LABELS, mentions
-    from vlm.policy import NEUTRAL, PolicyCheck, PolicyConfig, Policy
+    from vlm.policy import Policy, PolicyCheck, PolicyConfig
 
     t = time.perf_counter()
     vectors = clip.embed_images([data / r["image"] for r in records])
@@ -46,7 +48,7 @@ def calibrate(clip, records, data: Path, fpr: float) -> dict:
            "positives": {n: int(p.sum()) for n, p in pos.items()},
            "negatives": {n: int(m.sum()) for n, m in neg.items()}, "candidates": {}}
     for label, (template, neutral) in CANDIDATES.items():
-        config = PolicyConfig(tuple(Policy(p) for p in probes.values()), neutral or NEUTRAL, template)
+        config = PolicyConfig(tuple(Policy(p) for p in probes.values()), neutral, template)
         scores = PolicyCheck(clip, config).score_vectors(vectors)  # (N, probes)
         pooled_neg = torch.cat([scores[neg[n], i] for i, n in enumerate(probes)])
         threshold = float(torch.quantile(pooled_neg, 1 - fpr))
@@ -54,7 +56,7 @@ def calibrate(clip, records, data: Path, fpr: float) -> dict:
                for i, n in enumerate(probes)}
         pooled_pos = torch.cat([scores[pos[n], i] for i, n in enumerate(probes)])
         out["candidates"][label] = {
-            "template": template, "neutral": list(neutral or NEUTRAL), "threshold": round(threshold, 4),
+            "template": template, "neutral": list(neutral), "threshold": round(threshold, 4),
             "pooled_tpr": round(float((pooled_pos >= threshold).float().mean()), 4), "tpr": tpr,
             "fpr_per_probe": {n: round(float((scores[neg[n], i] >= threshold).float().mean()), 3)
                               for i, n in enumerate(probes)}}
