@@ -72,7 +72,7 @@ def markdown(result: dict) -> str:
     lines += [
         f"Machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}), AMX={m['amx']}; "
         f"copy bandwidth {m['copy_bandwidth_gbs']} GB/s (DRAM-sized buffer), "
-        f"{result.get('working_set_bandwidth_gbs', '?')} GB/s (weights-sized buffer); "
+        f"{result.get('working_set_bandwidth_gbs') or '-'} GB/s (weights-sized buffer); "
         f"bf16 matmul {m['bf16_matmul_tflops']} TFLOP/s, fp32 {m['fp32_matmul_tflops']} TFLOP/s; "
         f"load average before {m['load_average']}, after {result.get('load_after')}; "
         f"torch {m['torch']}, transformers {m['transformers']}. Model: {result['model']}.",
