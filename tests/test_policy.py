@@ -43,7 +43,8 @@ def test_score_is_the_policys_share_against_the_neutral_phrases(clip, photo):
     assert alone.scores["a dog"] == pytest.approx(verdict.scores["a dog"], abs=1e-6)
     # a policy equal to a neutral phrase is not scored against itself
     assert PolicyCheck(clip, ["a person"]).check(photo).scores["a person"] == pytest.approx(
-        dict(clip.classify(photo, ["a person"] + [n for n in NEUTRAL if n != "a person"]))["a person"], abs=1e-5)
+        dict(clip.classify(photo, ["a person"] + [n for n in NEUTRAL if n != "a person"], template=TEMPLATE))["a person"],
+        abs=1e-5)
 
 
 def test_verdicts_follow_thresholds(clip, photo):

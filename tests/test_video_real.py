@@ -75,12 +75,22 @@ def test_vlm_ask_db_answers_from_the_index_and_cites_images(dog_then_beach, data
     assert main(["index", "add", str(media), "--db", str(tmp_path / "db")]) == 0
     out = capsys.readouterr()
     assert "7 added (4 video frames)" in out.out and "indexing" in out.err
-    assert main(["ask", "--db", str(tmp_path / "db"), "What is on the beach?", "-k", "2", "--no-stream",
+    question = "What is on the beach?"
+    assert main(["ask", "--db", str(tmp_path / "db"), question, "-k", "2", "--no-stream",
                  "--max-new-tokens", "12"]) == 0
-    text = capsys.readouterr().out
-    answer, _, cited = text.partition("Images used:")
-    assert answer.strip() and len(cited.strip().splitlines()) == 2
-    assert f"{media / 'dog-beach.mp4'} @ " in cited  # the beach moment of the video is among the sources
+    answer, _, cited = capsys.readouterr().out.partition("Images used:")
+    from vlm.clip import Clip
+    from vlm.index import ImageIndex
+
+    with ImageIndex.open(tmp_path / "db", Clip.load("vlm-tiny")) as index:  # the CLI cites what the index finds
+        want = [h.label() for h in index.search(question, k=2)]
+    assert answer.strip() and [line.split("] ", 1)[1] for line in cited.strip().splitlines()] == want
+    # only video frames (a filter): the model is shown the frames, cited with their moments
+    assert main(["ask", "--db", str(tmp_path / "db"), question, "-k", "2", "--no-stream", "--max-new-tokens", "8",
+                 "--filter", 'meta["frame_time_s"] >= 0']) == 0
+    answer, _, cited = capsys.readouterr().out.partition("Images used:")
+    lines = cited.strip().splitlines()
+    assert answer.strip() and len(lines) == 2 and all(f"{media / 'dog-beach.mp4'} @ " in line for line in lines)
     assert main(["ask", "--db", str(tmp_path / "nothing"), "hi"]) == 2
 
 
