@@ -86,10 +86,10 @@ def test_vlm_chat_takes_a_video_as_frames(tiny_vlm, clip_ab):
 
     tiny_vlm.video = VideoOptions(frames=3)
     try:
-        batch = tiny_vlm._encode([[{"role": "user", "content": [{"type": "video", "video": str(clip_ab)},
-                                                                 {"type": "text", "text": "hi"}]}]],
-                                 GenerationOptions(max_new_tokens=2))
-        assert batch["pixel_values"].shape[0] == 3
+        prepared = tiny_vlm.prepare([[{"role": "user", "content": [{"type": "video", "video": str(clip_ab)},
+                                                                    {"type": "text", "text": "hi"}]}]],
+                                    GenerationOptions(max_new_tokens=2))
+        assert prepared.batch["pixel_values"].shape[0] == 3
         answer = tiny_vlm.ask(str(clip_ab), "What happens?", max_new_tokens=3)
         assert isinstance(answer, str)
     finally:
