@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from clip_fixtures import *  # noqa: F401,F403
+
 from vlm.cli import main
 
 
@@ -54,3 +56,16 @@ def test_machine_measurements_are_positive():
     assert machine.copy_bandwidth(mib=16, repeats=2) > 0
     assert machine.matmul_peak(size=128, repeats=2) > 0
     assert memory.peak_rss_bytes() >= memory.current_rss_bytes() > 0
+
+
+def test_bench_clip_section(tmp_path, data_dir, tiny_clip_dir):
+    """``--sections clip`` alone: no llava model built; indexing images/s and query latency recorded."""
+    out = tmp_path / "results"
+    code = main(["bench", "--tiny", "--sections", "clip", "--clip", str(tiny_clip_dir), "--clip-images", "12",
+                 "--clip-queries", "4", "--data", str(data_dir / "flickr8k"), "--out", str(out)])
+    assert code == 0
+    (path,) = out.glob("tiny-*.json")
+    row = json.loads(path.read_text())["clip"]
+    assert row["images"] == 12 and row["index_add_images_per_s"] > 0 and row["embed_images_per_s"] > 0
+    assert row["query_ms"]["n"] == 4 and 0 < row["query_ms"]["p50"] <= row["query_ms"]["p95"]
+    assert "inference" not in json.loads(path.read_text())

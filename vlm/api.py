@@ -49,15 +49,25 @@ def _carried_clip(name_or_path) -> Path | None:
     return folder if folder.is_dir() else None
 
 
+def _turn(source, question: str) -> list[dict]:
+    """The user turn of ``ask``: a video part for a video source, else an image part (or none)."""
+    from .video import is_video, video_turn
+
+    return video_turn(source, question) if is_video(source) else user_turn(source, question)
+
+
 class VLM:
     """A llava model with its processor, plus the input checks and generation loop around them."""
 
     def __init__(self, model, processor, *, name: str | None = None, limits: InputLimits | None = None,
-                 clip=None):
+                 clip=None, video=None):
+        from .video import VideoOptions
+
         self.model = model
         self.processor = processor
         self.name = name or "vlm"
         self.limits = limits or InputLimits()
+        self.video = video or VideoOptions()  # frames sampled per video part (vlm.video)
         self._clip_source = clip  # a folder, a loaded Clip, or None/False (none)
         self._clip = None
         self.inference = InferenceState()  # the inference levers applied (VLM.optimize) and their caches
@@ -116,6 +126,9 @@ class VLM:
         """Check and encode conversations (images loaded and processed): the batch, its options, and each
         conversation's prompt length in tokens, image tokens included. Input errors surface here."""
         opts = GenerationOptions.from_kwargs(options, **gen)
+        from .video import expand_videos
+
+        conversations = [expand_videos(c, self.video, self.limits) for c in conversations]
         normed, images = zip(*(normalise(c, self.limits) for c in conversations))
         batch = generation.encode(self.model, self.processor, list(normed), list(images), opts)
         lengths = [int(n) for n in batch["attention_mask"].sum(dim=1)]
@@ -147,14 +160,16 @@ class VLM:
         return self.generate_stream(self.prepare([messages], options, **gen), cancel)  # input errors: raised here
 
     def ask(self, image: ImageInput | None, question: str, options=None, **gen) -> str:
-        return self.chat(user_turn(image, question), options, **gen)
+        """Answer a question about an image, or a video (a path with a video extension or a ``data:video/``
+        URL: ``self.video.frames`` frames sampled uniformly, shown with their times; :mod:`vlm.video`)."""
+        return self.chat(_turn(image, question), options, **gen)
 
     def ask_batch(self, pairs: list[tuple[ImageInput | None, str]], options=None, **gen) -> list[str]:
-        """Answer many (image, question) pairs in one batched ``generate`` call."""
-        return self.chat_batch([user_turn(img, q) for img, q in pairs], options, **gen)
+        """Answer many (image or video, question) pairs in one batched ``generate`` call."""
+        return self.chat_batch([_turn(img, q) for img, q in pairs], options, **gen)
 
     def stream(self, image: ImageInput | None, question: str, options=None, cancel=None, **gen) -> Iterator[str]:
-        return self.chat_stream(user_turn(image, question), options, cancel, **gen)
+        return self.chat_stream(_turn(image, question), options, cancel, **gen)
 
     # -- the CLIP's uses ---------------------------------------------------------------------------
     @property
@@ -205,7 +220,14 @@ class VLM:
             raise InputError(f"the index at {index.folder} has no images{' matching the filter' if filter else ''}")
         content = []
         for i, hit in enumerate(hits, 1):
-            content += [{"type": "text", "text": f"Image {i}:"}, {"type": "image", "image": hit.path}]
+            if hit.time is None:
+                content += [{"type": "text", "text": f"Image {i}:"}, {"type": "image", "image": hit.path}]
+            else:  # a video frame: the frame on screen at its time
+                from .video import frame_at
+
+                content += [{"type": "text", "text": f"Image {i} (a frame of video {Path(hit.path).name} at "
+                                                     f"{hit.time:.1f} s):"},
+                            {"type": "image", "image": frame_at(hit.path, hit.time, self.video, self.limits)}]
         content.append({"type": "text", "text": question})
         return IndexAnswer(self.chat([{"role": "user", "content": content}], options, **gen), hits)
 

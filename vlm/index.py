@@ -13,11 +13,15 @@ results equal a brute-force search; docs/clip.md has the measurements behind the
 
 Contract of :class:`ImageIndex`:
 
-* :meth:`add` takes image files and folders (searched recursively for image extensions) with optional
-  metadata (a JSON object stored with each image, filterable). Each image is keyed by the SHA-256 of its
-  bytes: content already indexed is never embedded again (under any path), so adding a folder twice, or a
-  folder that grew, embeds only what is new. A file vlm cannot read as an image is reported in
-  :attr:`AddReport.failed` with the reason and skipped; the rest is added.
+* :meth:`add` takes image and video files and folders (searched recursively for image and video extensions)
+  with optional metadata (a JSON object stored with each image, filterable). Each image is keyed by the
+  SHA-256 of its bytes: content already indexed is never embedded again (under any path), so adding a folder
+  twice, or a folder that grew, embeds only what is new. A file vlm cannot read as an image or video is
+  reported in :attr:`AddReport.failed` with the reason and skipped; the rest is added.
+* A video is indexed as its frames every ``video_every_s`` seconds (``0, k, 2k, ...``; the frame on screen
+  then, :mod:`vlm.video`): each frame is an entry with the video's path and ``meta["frame_time_s"]`` (its
+  time), keyed by the SHA-256 of the video's bytes and the time, so :meth:`search` returns the video and the
+  moment (:attr:`Hit.time`); adding it again embeds only missing frames.
 * Images are embedded and inserted in batches, each flushed to a segment file before the next (Milvus Lite
   replaces its manifest atomically and replays only the valid prefix of its write-ahead log), so a crash of
   the process during :meth:`add` leaves what was indexed before intact, plus the batches that completed;
@@ -83,12 +87,25 @@ class IndexCorruptError(ValueError):
     """An index folder that cannot be read as written, or that was built with another CLIP."""
 
 
+FRAME_TIME = "frame_time_s"  # metadata key of a video frame's time (seconds from the start)
+
+
 @dataclass(frozen=True)
 class Hit:
     path: str
     score: float  # cosine similarity
-    id: str       # SHA-256 of the image bytes
+    id: str       # SHA-256 of the image bytes (of a video frame: of the video's bytes and the frame's time)
     metadata: dict = field(default_factory=dict)
+
+    @property
+    def time(self) -> float | None:
+        """For a video frame: its time in the video (seconds); None for an image."""
+        t = self.metadata.get(FRAME_TIME) if isinstance(self.metadata, dict) else None
+        return float(t) if t is not None else None
+
+    def label(self) -> str:
+        """The path, and for a video frame ``@ 12.0 s``."""
+        return self.path if self.time is None else f"{self.path} @ {self.time:.1f} s"
 
 
 @dataclass
@@ -96,9 +113,12 @@ class AddReport:
     added: list[str] = field(default_factory=list)     # paths embedded and inserted
     present: list[str] = field(default_factory=list)   # paths whose content was already indexed
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): not images, unreadable
+    frames: int = 0  # video frames embedded and inserted (their videos are in ``added``)
 
     def summary(self) -> str:
-        return f"{len(self.added)} added, {len(self.present)} already indexed, {len(self.failed)} unreadable"
+        frames = f" ({self.frames} video frames)" if self.frames else ""
+        return (f"{len(self.added)} added{frames}, {len(self.present)} already indexed, "
+                f"{len(self.failed)} unreadable")
 
 
 @dataclass(frozen=True)
@@ -109,20 +129,23 @@ class IndexAnswer:
     sources: list[Hit]
 
     def __str__(self) -> str:
-        cited = "\n".join(f"[{i}] {h.path}" for i, h in enumerate(self.sources, 1))
+        cited = "\n".join(f"[{i}] {h.label()}" for i, h in enumerate(self.sources, 1))
         return f"{self.text}\n\nImages used:\n{cited}"
 
 
 def image_files(sources: Iterable[str | os.PathLike] | str | os.PathLike) -> list[Path]:
-    """Files named directly, plus image files (by extension) anywhere under named folders; absolute, in order,
-    without repeats. A source that does not exist raises ``FileNotFoundError``."""
+    """Files named directly, plus image and video files (by extension) anywhere under named folders; absolute,
+    in order, without repeats. A source that does not exist raises ``FileNotFoundError``."""
+    from .video import VIDEO_EXTENSIONS
+
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     out, seen = [], set()
     for src in sources:
         path = Path(src).expanduser().resolve()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            found = sorted(p for p in path.rglob("*")
+                           if p.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS and p.is_file())
         elif path.exists():
             found = [path]
         else:
@@ -319,10 +342,15 @@ class ImageIndex:
 
     # -- adding -------------------------------------------------------------------------------------
     def add(self, sources, metadata: dict | None = None, batch_size: int = 32,
-            on_progress: Callable[[int, int], None] | None = None) -> AddReport:
-        """Index image files and folders (see the module docstring). ``metadata``: a JSON object stored with
-        every image of this call. ``on_progress(done, total)`` is called as files are processed."""
+            on_progress: Callable[[int, int], None] | None = None, video_every_s: float = 1.0) -> AddReport:
+        """Index image and video files and folders (see the module docstring). ``metadata``: a JSON object
+        stored with every image of this call. ``on_progress(done, total)`` is called as files are processed.
+        ``video_every_s``: seconds between the indexed frames of a video."""
         from .images import load_image
+        from .video import is_video
+
+        if video_every_s <= 0:
+            raise ValueError(f"video_every_s must be positive, got {video_every_s}")
 
         if metadata is not None and not isinstance(metadata, dict):
             raise ValueError(f"metadata must be a JSON object (dict), got {type(metadata).__name__}")
@@ -334,6 +362,9 @@ class ImageIndex:
             chunk = files[start:start + batch_size]
             hashed = []
             for path in chunk:
+                if is_video(path):
+                    self._add_video(path, meta, video_every_s, batch_size, report, seen)
+                    continue
                 try:
                     data = path.read_bytes()
                 except OSError as exc:
@@ -366,6 +397,62 @@ class ImageIndex:
             if on_progress is not None:
                 on_progress(min(start + batch_size, len(files)), len(files))
         return report
+
+    def _add_video(self, path: Path, meta: dict, every: float, batch_size: int, report: AddReport,
+                   seen: set[str]) -> None:
+        """The frames of one video every ``every`` seconds, as entries with their times (module docstring)."""
+        from .video import VideoError, interval_times, iter_frames, probe
+
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            report.failed.append((str(path), f"cannot read: {exc.strerror or exc}"))
+            return
+        if len(str(path)) > MAX_PATH:
+            report.failed.append((str(path), f"path longer than {MAX_PATH} characters"))
+            return
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in seen:
+            report.present.append(str(path))
+            return
+        name = f"video {path}"
+        try:
+            times = interval_times(probe(data, name=name).duration, every)
+        except VideoError as exc:
+            report.failed.append((str(path), str(exc)))
+            return
+        ids = {t: hashlib.sha256(f"{digest}@{t:.3f}".encode()).hexdigest() for t in times}
+        present = self._existing(list(ids.values()))
+        missing = [t for t in times if ids[t] not in present]
+        seen.add(digest)
+        if not missing:
+            report.present.append(str(path))
+            return
+        rows, images, added = [], [], 0
+
+        def insert() -> None:
+            for row, vec in zip(rows, self.clip.embed_pil(images).tolist()):
+                row["vector"] = vec
+            self._client.insert(self.collection, rows)
+            self._client.flush(self.collection)  # a completed batch survives a crash; the rest is redone
+            rows.clear()
+            images.clear()
+
+        try:
+            for frame in iter_frames(data, missing, name=name):
+                rows.append({"id": ids[frame.time], "path": str(path), "meta": {**meta, FRAME_TIME: frame.time}})
+                images.append(frame.image)
+                if len(rows) == batch_size:
+                    added += len(rows)
+                    insert()
+        except VideoError as exc:
+            report.failed.append((str(path), str(exc)))
+            return  # the frames inserted before the damage stay; adding again retries the rest
+        if rows:
+            added += len(rows)
+            insert()
+        report.added.append(str(path))
+        report.frames += added
 
     # -- searching ----------------------------------------------------------------------------------
     def _query_vector(self, query) -> list[float]:

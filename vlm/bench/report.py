@@ -14,7 +14,7 @@ def merge(results: list[dict], command: str) -> dict:
     """One result from runs of separate sections (e.g. inference and training run side by side)."""
     out = dict(results[0])
     for r in results[1:]:
-        for key in ("inference", "roofline", "training"):
+        for key in ("inference", "roofline", "training", "clip"):
             if key in r and key not in out:
                 out[key] = r[key]
         out["load_after"] = r.get("load_after", out.get("load_after"))
@@ -72,7 +72,7 @@ def markdown(result: dict) -> str:
     lines += [
         f"Machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}), AMX={m['amx']}; "
         f"copy bandwidth {m['copy_bandwidth_gbs']} GB/s (DRAM-sized buffer), "
-        f"{result.get('working_set_bandwidth_gbs', '?')} GB/s (weights-sized buffer); "
+        f"{result.get('working_set_bandwidth_gbs') or '-'} GB/s (weights-sized buffer); "
         f"bf16 matmul {m['bf16_matmul_tflops']} TFLOP/s, fp32 {m['fp32_matmul_tflops']} TFLOP/s; "
         f"load average before {m['load_average']}, after {result.get('load_after')}; "
         f"torch {m['torch']}, transformers {m['transformers']}. Model: {result['model']}.",
@@ -133,6 +133,10 @@ def markdown(result: dict) -> str:
                                      f"{r.get('peak_rss_mb')} | {r.get('tflops')} | {r.get('peak_fraction')} |")
         else:
             lines.append(tr.get("status", "not measured"))
+    if result.get("clip"):
+        from .clip_throughput import markdown as clip_markdown
+
+        lines += clip_markdown(result["clip"])
     s = summary(result)
     if s:
         lines += ["", "Headline: " + ", ".join(f"{k} {v}" for k, v in s.items())]

@@ -30,7 +30,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--llm", default="smollm2-135m-instruct", help="LLM when building (default: %(default)s)")
     parser.add_argument("--tiny", action="store_true", help="tiny random model and sizes (smoke test / CI)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Flickr8k folder with dev.jsonl")
-    parser.add_argument("--sections", default="inference,training", help="comma list: inference, training")
+    parser.add_argument("--sections", default="inference,training",
+                        help="comma list: inference, training, clip (the CLIP's indexing throughput and query "
+                        "latency; vlm/bench/clip_throughput.py)")
+    parser.add_argument("--clip", default=None, help="CLIP for the clip section (default: the one --model carries)")
+    parser.add_argument("--clip-images", type=int, default=300, help="photos indexed by the clip section")
+    parser.add_argument("--clip-queries", type=int, default=50, help="text queries timed by the clip section")
     parser.add_argument("--levers", default=DEFAULT_LEVERS,
                         help=f"comma list of vlm paths, the first is 'the vlm path' (tokens: {LEVER_TOKENS}; "
                         "default: %(default)s)")
@@ -80,9 +85,9 @@ def run(args) -> int:
                               "vlm bench --merge " + " ".join(p.name for p in args.merge))
         return _emit(result, args)
     sections = {s.strip() for s in args.sections.split(",") if s.strip()}
-    unknown = sections - {"inference", "training"}
+    unknown = sections - {"inference", "training", "clip"}
     if unknown:
-        raise ValueError(f"unknown section(s) {sorted(unknown)}; use inference, training")
+        raise ValueError(f"unknown section(s) {sorted(unknown)}; use inference, training, clip")
     from vlm.optimize import parse_levers
 
     option_sets = [parse_levers(s) for s in args.levers.split(",") if s.strip()]
@@ -103,9 +108,12 @@ def run(args) -> int:
 
     log("measuring machine")
     info = machine.measure(bandwidth_mib=64 if args.tiny else 1024, matmul_size=256 if args.tiny else 1024)
-    base_vlm, model_desc = build_model(args)
-    ws_mib = max(1, weight_bytes_per_token(base_vlm.model) // 2**21)  # copy reads + writes: half each
-    ws_bw = machine.copy_bandwidth(mib=min(ws_mib, 64) if args.tiny else ws_mib)
+    if sections == {"clip"}:  # the CLIP alone: no llava model to build
+        base_vlm, model_desc, ws_bw = None, f"CLIP of {args.clip or args.model or 'vlm-tiny'}", None
+    else:
+        base_vlm, model_desc = build_model(args)
+        ws_mib = max(1, weight_bytes_per_token(base_vlm.model) // 2**21)  # copy reads + writes: half each
+        ws_bw = machine.copy_bandwidth(mib=min(ws_mib, 64) if args.tiny else ws_mib)
     result = {
         "kind": "tiny" if args.tiny else "bench",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -113,7 +121,7 @@ def run(args) -> int:
         else "vlm bench",
         "model": model_desc,
         "machine": info.to_dict(),
-        "working_set_bandwidth_gbs": round(ws_bw / 1e9, 2),
+        "working_set_bandwidth_gbs": round(ws_bw / 1e9, 2) if ws_bw else None,
     }
     if "inference" in sections:
         samples = inference.load_samples(args.data, max(cfg.agreement_samples, max(cfg.batch_sizes), 1))
@@ -126,6 +134,15 @@ def run(args) -> int:
 
         log("training")
         result["training"] = training.run(args, base_vlm, info, log=log)
+    if "clip" in sections:
+        from vlm.clip import Clip
+
+        from vlm.bench import clip_throughput
+
+        clip = Clip.load(args.clip) if args.clip else (
+            base_vlm.clip if base_vlm is not None and args.model else Clip.load(args.model or "vlm-tiny"))
+        result["clip"] = clip_throughput.run(clip, args.data, args.clip_images, args.clip_queries,
+                                             video_seconds=0 if args.tiny else 20, log=log)
     result["load_after"] = machine.load_average()
     result["summary"] = report.summary(result)
     return _emit(result, args)

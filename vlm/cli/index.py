@@ -15,6 +15,8 @@ def add_arguments(parser) -> None:
     add.add_argument("paths", nargs="+", help="image files or folders")
     add.add_argument("--meta", default=None, help='JSON object stored with each image, e.g. \'{"album": "2024"}\'')
     add.add_argument("--batch-size", type=int, default=32)
+    add.add_argument("--every", type=float, default=1.0, help="seconds between the indexed frames of a video "
+                     "(default 1)")
     search = sub.add_parser("search", help="the images most similar to a text (or, with --image, an image)")
     search.add_argument("query", help="text to search for, or an image file with --image")
     search.add_argument("--image", action="store_true", help="QUERY is an image file")
@@ -72,8 +74,8 @@ def _add(index, args) -> int:
         except ValueError as exc:
             raise ValueError(f"--meta is not JSON: {exc}") from None
     files = image_files(args.paths)
-    with tqdm(total=len(files), unit="img", desc="indexing", file=sys.stderr) as bar:
-        report = index.add(files, metadata=meta, batch_size=args.batch_size,
+    with tqdm(total=len(files), unit="file", desc="indexing", file=sys.stderr) as bar:
+        report = index.add(files, metadata=meta, batch_size=args.batch_size, video_every_s=args.every,
                            on_progress=lambda done, total: bar.update(done - bar.n))
     for path, why in report.failed:
         print(f"skipped {path}: {why}", file=sys.stderr)
@@ -85,9 +87,10 @@ def _search(index, args) -> int:
     query = _query(args.query, args.image)
     for hit in index.search(query, k=args.k, filter=args.filter):
         if args.json:
-            print(json.dumps({"path": hit.path, "score": round(hit.score, 6), "id": hit.id, "meta": hit.metadata}))
+            print(json.dumps({"path": hit.path, "time_s": hit.time, "score": round(hit.score, 6), "id": hit.id,
+                              "meta": hit.metadata}))
         else:
-            print(f"{hit.score:.4f}  {hit.path}")
+            print(f"{hit.score:.4f}  {hit.label()}")
     return 0
 
 

@@ -40,6 +40,15 @@ def add_arguments(parser) -> None:
                         "(default: the model folder's clip/, if any)")
     parser.add_argument("--index", default=None, help="image index folder the UI's Search tab opens by default "
                         "(`vlm index add DIR --db PATH` makes one)")
+    parser.add_argument("--policy", action="append", default=[], metavar="TEXT[=THRESHOLD]",
+                        help="refuse images the CLIP (--clip, else the model's) matches to TEXT, e.g. --policy 'a weapon' or "
+                        "--policy 'a credit card=0.7' (repeatable; score: TEXT's probability against neutral "
+                        "phrases, vlm.policy)")
+    parser.add_argument("--policy-threshold", type=float, default=None,
+                        help="threshold of every --policy without its own (default: the calibrated "
+                        "vlm.policy.DEFAULT_THRESHOLD)")
+    parser.add_argument("--video-frames", type=int, default=4,
+                        help="frames sampled uniformly from each video_url part (default 4)")
     parser.add_argument("--no-ui", action="store_true", help="API only")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
@@ -47,8 +56,10 @@ def add_arguments(parser) -> None:
 def config_from_args(args):
     from dataclasses import replace
 
-    from vlm.serve.config import RemoteImagePolicy, ServeConfig
     from vlm.config import InputLimits
+    from vlm.policy import DEFAULT_THRESHOLD, PolicyConfig
+    from vlm.serve.config import RemoteImagePolicy, ServeConfig
+    from vlm.video import VideoOptions
 
     limits = InputLimits()
     overrides = {k: v for k, v in (("max_image_bytes", args.max_image_bytes),
@@ -67,6 +78,9 @@ def config_from_args(args):
         remote_images=RemoteImagePolicy(enabled=args.allow_remote_images, max_bytes=args.remote_image_max_bytes,
                                         timeout_s=args.remote_image_timeout),
         moderation=not args.no_moderation, moderation_threshold=args.moderation_threshold, ui=not args.no_ui,
+        policy=PolicyConfig.from_specs(args.policy, DEFAULT_THRESHOLD if args.policy_threshold is None
+                                       else args.policy_threshold),
+        video=VideoOptions(frames=args.video_frames),
         threads=args.threads, clip=args.clip, index=args.index,
     )
 

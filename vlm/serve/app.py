@@ -24,12 +24,17 @@ def build_engine(config: ServeConfig, vlm=None) -> Engine:
         vlm = VLM.load(config.model, dtype=config.dtype, limits=config.limits, clip=config.clip)
     else:
         vlm.limits = config.limits
-    moderator = None
-    if config.moderation:
-        from .moderation import Moderator
+    vlm.video = config.video
+    from .moderation import Moderator, PolicyScreen, Screens
 
-        moderator = Moderator(config.moderation_threshold)
-    return Engine(vlm, config, moderator)
+    screens = []
+    if config.moderation:
+        screens.append(Moderator(config.moderation_threshold))
+    if config.policy.policies:
+        from vlm.policy import PolicyCheck
+
+        screens.append(PolicyScreen(PolicyCheck(vlm.clip, config.policy)))  # no CLIP: ClipNotFoundError
+    return Engine(vlm, config, Screens(*screens) if screens else None)
 
 
 def build_app(config: ServeConfig, engine: Engine):

@@ -5,6 +5,8 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from vlm.config import InputLimits
+from vlm.policy import PolicyConfig
+from vlm.video import VideoOptions
 
 
 @dataclass
@@ -57,6 +59,8 @@ class ServeConfig:
     remote_images: RemoteImagePolicy = field(default_factory=RemoteImagePolicy)
     moderation: bool = True
     moderation_threshold: float = 0.8  # open_nsfw score at or above which an image is refused
+    policy: PolicyConfig = field(default_factory=PolicyConfig)  # text policies (vlm.policy); none = off
+    video: VideoOptions = field(default_factory=VideoOptions)  # frames per video_url part, bytes per video
     ui: bool = True
     threads: int | None = None  # torch intra-op threads; None: torch's default
     clip: str | None = None  # the CLIP for /v1/embeddings and the Search tab; None: the model folder's clip/

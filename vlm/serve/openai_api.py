@@ -199,13 +199,14 @@ class OpenAIRoutes:
         return b"".join(chunks)
 
     def to_vlm_messages(self, req: ChatCompletionRequest) -> list[dict]:
-        """OpenAI messages -> vlm messages, with every image fetched or decoded to bytes."""
+        """OpenAI messages -> vlm messages, with every image fetched or decoded to bytes and every video
+        (the ``video_url`` extension) sampled to frames with their times (:mod:`vlm.video`)."""
         limits = self.engine.vlm.limits
-        count = sum(1 for m in req.messages if isinstance(m.content, list)
-                    for p in m.content if p.type == "image_url")
+        count = sum(1 if p.type == "image_url" else (p.video_url.frames or self.config.video.frames)
+                    for m in req.messages if isinstance(m.content, list) for p in m.content if p.type != "text")
         if count > limits.max_images:
-            raise BadRequest(f"{count} images given; the limit is {limits.max_images} per request",
-                             param="messages", code="too_many_images")
+            raise BadRequest(f"{count} images given (video frames included); the limit is {limits.max_images} per "
+                             "request", param="messages", code="too_many_images")
         out = []
         for msg in req.messages:
             role = "system" if msg.role == "developer" else msg.role
@@ -216,14 +217,22 @@ class OpenAIRoutes:
             for part in msg.content:
                 if part.type == "text":
                     parts.append({"type": "text", "text": part.text})
-                else:
-                    try:
-                        data = image_bytes(part.image_url.url, self.config.remote_images, limits)
-                    except ServeError:
-                        raise
-                    except InputError as exc:  # vlm's ImageError: bad base64, empty...
-                        raise BadRequest(str(exc), param="messages") from None
-                    parts.append({"type": "image", "image": data})
+                    continue
+                try:
+                    if part.type == "video_url":
+                        from vlm.video import video_parts
+
+                        from .remote_images import video_bytes
+
+                        data = video_bytes(part.video_url.url, self.config.remote_images, self.config.video.max_bytes)
+                        parts += video_parts(data, part.video_url.frames, self.config.video, limits)
+                        continue
+                    data = image_bytes(part.image_url.url, self.config.remote_images, limits)
+                except ServeError:
+                    raise
+                except InputError as exc:  # vlm's ImageError / VideoError: bad base64, empty, corrupt...
+                    raise BadRequest(str(exc), param="messages") from None
+                parts.append({"type": "image", "image": data})
             out.append({"role": role, "content": parts})
         return out
 

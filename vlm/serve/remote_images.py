@@ -1,4 +1,5 @@
-"""Turn an ``image_url`` from a request into image bytes, under a strict fetch policy.
+"""Turn an ``image_url`` (or a ``video_url``, :func:`video_bytes`) from a request into bytes, under a strict
+fetch policy.
 
 * ``data:`` base64 URLs always work (decoded by :mod:`vlm.images`).
 * ``file:`` URLs, bare paths and other schemes are always refused: a client must never make the
@@ -175,3 +176,29 @@ def _fits(data_url: str, limits: InputLimits) -> bool:
     """Check the decoded size of a base64 data URL from its length, before decoding."""
     payload = data_url.partition(",")[2]
     return len(payload) * 3 // 4 - payload.count("=") <= limits.max_image_bytes + 3
+
+
+def video_bytes(url: object, policy: RemoteImagePolicy, max_bytes: int) -> bytes:
+    """Bytes for one ``video_url.url``: the same rules as images (``data:`` always, ``http(s)`` only when remote
+    images are allowed, never a local path), up to ``max_bytes``."""
+    if not isinstance(url, str) or not url:
+        raise BadRequest("video_url.url must be a non-empty string", param="messages")
+    scheme = _split(url)[0].scheme.lower() if ":" in url else ""
+    if scheme == "data":
+        payload = url.partition(",")[2]
+        if len(payload) * 3 // 4 - payload.count("=") > max_bytes:
+            raise TooLarge(f"data URL video is over the {max_bytes}-byte limit", param="messages")
+        from vlm.video import VideoOptions, read_video_bytes
+
+        return read_video_bytes(url, VideoOptions(max_bytes=max_bytes))
+    if scheme in ("http", "https"):
+        if not policy.enabled:
+            raise BadRequest("remote video URLs are disabled on this server (start it with --allow-remote-images); "
+                             "send the video as a base64 data: URL", param="messages", code="image_url_forbidden")
+        data = fetch(url, policy)
+        if len(data) > max_bytes:
+            raise TooLarge(f"remote video is {len(data)} bytes; the limit is {max_bytes}", param="messages")
+        return data
+    shown = scheme or "a local path"
+    raise BadRequest(f"video URLs must be data: or http(s): URLs; {shown} is not allowed",
+                     param="messages", code="image_url_forbidden")

@@ -55,7 +55,20 @@ class ImagePart(_Strict):
     image_url: ImageURL
 
 
-Part = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+class VideoURL(_Strict):
+    url: str = Field(description="a base64 `data:video/...` URL, or `http(s)` when the server allows remote images",
+                     json_schema_extra={"pattern": "^(data:|https?://)"})  # checked by serve.remote_images
+    frames: int | None = Field(default=None, ge=1, description="frames sampled uniformly (default: the server's "
+                               "--video-frames); each counts as one image of the request")
+
+
+class VideoPart(_Strict):
+    """An extension: a video, shown to the model as frames sampled uniformly with their times."""
+    type: Literal["video_url"]
+    video_url: VideoURL
+
+
+Part = Annotated[Union[TextPart, ImagePart, VideoPart], Field(discriminator="type")]
 
 
 class ChatMessage(_Strict):
@@ -183,7 +196,7 @@ class ChatCompletionRequest(_Strict):
 _UNION_BRANCH = re.compile(r"^(str|int|float|bool|none|function-.*|literal\[.*\]|constrained-.*|.*\[.*\])$")
 
 
-_TAGS = {"text", "image_url", "json_object", "json_schema"}
+_TAGS = {"text", "image_url", "video_url", "json_object", "json_schema"}
 
 
 def parse_chat_request(body: bytes) -> ChatCompletionRequest:
