@@ -202,11 +202,12 @@ class OpenAIRoutes:
         """OpenAI messages -> vlm messages, with every image fetched or decoded to bytes and every video
         (the ``video_url`` extension) sampled to frames with their times (:mod:`vlm.video`)."""
         limits = self.engine.vlm.limits
-        count = sum(1 if p.type == "image_url" else (p.video_url.frames or self.config.video.frames)
-                    for m in req.messages if isinstance(m.content, list) for p in m.content if p.type != "text")
+        parts = [p for m in req.messages if isinstance(m.content, list) for p in m.content if p.type != "text"]
+        count = sum(1 if p.type == "image_url" else (p.video_url.frames or self.config.video.frames) for p in parts)
         if count > limits.max_images:
-            raise BadRequest(f"{count} images given (video frames included); the limit is {limits.max_images} per "
-                             "request", param="messages", code="too_many_images")
+            frames = " (video frames included)" if any(p.type != "image_url" for p in parts) else ""
+            raise BadRequest(f"{count} images given{frames}; the limit is {limits.max_images} per request",
+                             param="messages", code="too_many_images")
         out = []
         for msg in req.messages:
             role = "system" if msg.role == "developer" else msg.role
