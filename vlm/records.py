@@ -49,14 +49,18 @@ class RecordProblem:
         return f"{self.reason}: {self.detail}"
 
 
-def read_jsonl(path: str | os.PathLike, *, strict: bool = True) -> Iterator[tuple[int, Any]]:
-    """``(line number, object)`` for each non-blank line of a JSONL file. A line that is not JSON raises
-    ``ValueError`` naming the file and line, or (``strict=False``) comes back as ``None``."""
+def read_jsonl(path: str | os.PathLike, *, strict: bool = True, lines: int | None = None,
+               missing: str = "") -> Iterator[tuple[int, Any]]:
+    """``(line number, object)`` for each non-blank line of a JSONL file (of its first ``lines`` lines when
+    given). A line that is not JSON raises ``ValueError`` naming the file and line, or (``strict=False``)
+    comes back as ``None``. A missing file raises ``FileNotFoundError`` (``missing``: a hint added to it)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}")
+        raise FileNotFoundError(f"file not found: {path}{f' ({missing})' if missing else ''}")
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
+            if lines is not None and lineno > lines:
+                return
             if not line.strip():
                 continue
             try:

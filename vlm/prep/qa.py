@@ -291,13 +291,9 @@ def training_records(key: str, image: str, qas: list[QA], seed: int, turns: int,
 def _read_split(src: Path, split: str, limit: int | None, acc: RecordAccounting, images: ImageChecker) -> list[tuple]:
     """``(key, image path, captions)`` of the good rows of a split; bad rows are counted."""
     path = src / f"{split}.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"Flickr8k split file not found: {path} (is --src the flickr8k folder?)")
     out = []
-    for lineno, row in read_jsonl(path, strict=False):
+    for lineno, row in read_jsonl(path, strict=False, lines=limit, missing="is --src the flickr8k folder?"):
         i = lineno - 1
-        if limit is not None and i >= limit:
-            break
         try:
             if row is None:
                 raise ValueError("the line is not valid JSON")

@@ -150,13 +150,9 @@ def split_vendors(
 
 def load_receipts(src: Path, limit: int | None, acc: RecordAccounting, images: ImageChecker) -> list[Receipt]:
     index = src / "train.jsonl"
-    if not index.is_file():
-        raise FileNotFoundError(f"SROIE index not found: {index} (is --src the sroie folder?)")
     out = []
-    for lineno, row in read_jsonl(index, strict=False):
+    for lineno, row in read_jsonl(index, strict=False, lines=limit, missing="is --src the sroie folder?"):
         i = lineno - 1
-        if limit is not None and i >= limit:
-            break
         try:
             if row is None:
                 raise ValueError("the line is not valid JSON")
