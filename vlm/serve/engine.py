@@ -32,6 +32,7 @@ from typing import Any
 from vlm import generation
 from vlm.config import GenerationOptions
 from vlm.errors import InputError
+from vlm.grounding import GroundingOptions, ground
 from vlm.messages import normalise
 
 from .config import ServeConfig
@@ -250,10 +251,12 @@ class Engine:
     def prepare_chat(self, messages: list[dict], *, max_tokens: int | None = None, temperature: float | None = None,
                      top_p: float | None = None, seed: int | None = None, stop: list[str] | None = None,
                      repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
-                     answer_format=None, request_id: str | None = None) -> Prepared:
+                     answer_format=None, request_id: str | None = None, ocr=None) -> Prepared:
         """Load and screen the images, build the prompt and settle the answer budget.
 
-        ``answer_format``: a ``vlm.extract.structured`` machine the answer must be accepted by (JSON)."""
+        ``answer_format``: a ``vlm.extract.structured`` machine the answer must be accepted by (JSON).
+        ``ocr``: "auto" / "always" / "never": OCR text beside each image (``vlm.grounding``; None: the model's
+        default). Images are screened before OCR runs on them."""
         request_id = request_id or new_request_id()
         model, processor = self.vlm.model, self.vlm.processor
         try:
@@ -268,6 +271,8 @@ class Engine:
             normed, images = normalise(messages, self.vlm.limits)
             if self.moderator is not None:
                 self.moderator.check(images)
+            grounding = GroundingOptions.resolve(self.vlm.grounding, ocr)
+            normed = ground(normed, images, grounding, processor.tokenizer).messages
             budget = self._answer_budget(self.count_prompt_tokens(normed, len(images)), max_tokens)
             opts.max_new_tokens = budget
             batch = generation.encode(model, processor, [normed], [images], opts)
