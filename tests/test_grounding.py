@@ -54,6 +54,8 @@ def test_options_are_checked():
         GroundingOptions(max_ocr_tokens=0)
     with pytest.raises(ValueError, match="min_score"):
         GroundingOptions(min_score=1.5)
+    with pytest.raises(ValueError, match="rapidocr"):
+        GroundingOptions(engine="easyocr")
     base = GroundingOptions(max_ocr_tokens=100)
     assert GroundingOptions.resolve(base, None) is base
     assert GroundingOptions.resolve(base, "never") == GroundingOptions(ocr="never", max_ocr_tokens=100)

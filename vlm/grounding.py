@@ -11,8 +11,8 @@ Contract (:func:`ground`), for a normalised conversation (:func:`vlm.messages.no
   (:func:`vlm.extract.prompts.format_ocr`: rows in reading order, same-row cells TAB-joined), as a text part
   ``"OCR text:\\n<text>\\n\\n"`` right after the image part. With one image followed by the question, the
   user turn reads ``<image>\\nOCR text:\\n...\\n\\n<question>``: the training prompts' layout.
-- OCR comes from :func:`vlm.ocr.run_ocr` (cached per image content), so a conversation asked again, or the
-  same receipt in another request, does not run OCR twice.
+- OCR comes from :func:`vlm.ocr.run_ocr` with ``GroundingOptions.engine`` (cached per engine and image
+  content), so a conversation asked again, or the same receipt in another request, does not run OCR twice.
 - The OCR text of one conversation is held to ``max_ocr_tokens`` tokens of the model's tokenizer, shared
   equally by the grounded images; whole rows are kept from the top, the rest dropped (``truncated``).
 - The decision uses only the OCR lines (scores and text), never file names or the question.
@@ -34,17 +34,23 @@ NO_TEXT = "(no text found)"
 class GroundingOptions:
     """Whether and how OCR text is put into chat prompts (see the module docstring).
 
-    The ``auto`` thresholds were set by measurement (docs/extraction.md, "OCR-grounded chat"): on Flickr8k
+    The ``auto`` thresholds were set by measurement (docs/ocr.md, "OCR-grounded chat"): on Flickr8k
     training photos and SROIE training receipts, a confident line is one with an OCR score of at least
-    ``min_score`` and at least two letters or digits."""
+    ``min_score`` and at least two letters or digits. They were measured with rapidocr, the default
+    ``engine`` (``None``: :data:`vlm.ocr.DEFAULT_ENGINE`)."""
 
     ocr: OcrMode = "auto"
     max_ocr_tokens: int = 768  # OCR text of one conversation, all images together
     min_lines: int = 3
     min_chars: int = 20
     min_score: float = 0.8
+    engine: str | None = None  # a vlm.ocr.OcrEngine: "rapidocr", "tesseract" or "both"
 
     def __post_init__(self) -> None:
+        if self.engine is not None:
+            from .ocr import check_engine
+
+            check_engine(self.engine)  # a ValueError naming the choices
         if self.ocr not in OCR_MODES:
             raise ValueError(f"ocr must be one of {', '.join(OCR_MODES)}, got {self.ocr!r}")
         if self.max_ocr_tokens < 1:
@@ -138,7 +144,10 @@ def ground(messages: list[dict], images: list, options: GroundingOptions, tokeni
     if options.ocr == "never" or not images:
         return Grounded(messages)
     if ocr is None:
-        from .ocr import run_ocr as ocr
+        from .ocr import run_ocr
+
+        def ocr(image):
+            return run_ocr(image, engine=options.engine)
     from .extract.prompts import format_ocr
 
     # which image parts belong to user messages, and what OCR found on them
