@@ -68,3 +68,33 @@ def test_ui_chat_with_the_ocr_setting(server, receipt, receipt_numbers):
     answer = history[-1]["content"]
     answer = answer if isinstance(answer, str) else " ".join(p.get("text", "") for p in answer if isinstance(p, dict))
     assert set(NUMBER.findall(answer)) & receipt_numbers, f"{answer!r} has no number from the receipt's OCR"
+
+
+@pytest.mark.browser
+def test_browser_ocr_setting_grounds_the_answer(server, receipt, receipt_numbers):
+    from pathlib import Path
+
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(server.url + "/", wait_until="domcontentloaded")
+        page.wait_for_selector("#chat-input textarea", timeout=60_000)
+        setting = page.locator("#ocr-mode")
+        assert setting.get_by_label("auto").is_checked()  # the model's default, shown
+        setting.get_by_label("always").check()
+        page.set_input_files("#chat-input input[type='file']", str(receipt))
+        page.wait_for_selector("#chat-input img", timeout=30_000)
+        page.locator("#chat-input textarea").fill(QUESTION)
+        page.locator("#chat-input textarea").press("Enter")
+        page.wait_for_function(
+            "() => { const b = document.querySelectorAll('#chatbot [data-testid=\"bot\"]');"
+            " return b.length && /\\d/.test(b[b.length - 1].innerText); }", timeout=300_000)
+        server.wait_idle(timeout=300)
+        answer = page.locator("#chatbot [data-testid='bot']").last.inner_text()
+        browser.close()
+    assert set(NUMBER.findall(answer)) & receipt_numbers, f"{answer!r} has no number from the receipt's OCR"
