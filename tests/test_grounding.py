@@ -162,3 +162,30 @@ def test_vlm_default_is_auto_and_never_leaves_the_prompt_as_before(tiny_vlm, rec
                                                                                              "text": "Total?"}]
     with pytest.raises(ValueError, match="ocr must be one of"):
         tiny_vlm.ask(photo, "hi", ocr="maybe", max_new_tokens=1)
+
+
+def test_room_left_in_the_context_caps_the_ocr_text(receipt, tokenizer):
+    image = load_image(receipt)
+    roomy = ground(turn(1), [image], GroundingOptions(), tokenizer, room=10_000)
+    tight = ground(turn(1), [image], GroundingOptions(), tokenizer, room=120)
+    (big,), (small,) = roomy.images, tight.images
+    assert big.included and small.included and small.truncated
+    added = count_tokens(tokenizer, tight.messages[0]["content"][1]["text"])
+    assert added <= 120 and count_tokens(tokenizer, small.text) < count_tokens(tokenizer, big.text)
+    none = ground(turn(1), [image], GroundingOptions(), tokenizer, room=10)
+    assert none.messages == turn(1) and none.images[0].no_room and not none.images[0].included
+
+
+def test_a_receipt_fits_a_small_context(tiny_vlm, receipt):
+    """The tiny model has a 512-token context: the receipt's OCR text is cut to what is left."""
+    from vlm import generation
+
+    prepared = tiny_vlm.prepare([[{"role": "user", "content": [{"type": "image", "image": receipt},
+                                                                {"type": "text", "text": "What is the total?"}]}]],
+                                max_new_tokens=32)
+    context = generation.context_length(tiny_vlm.model)
+    assert context == 512 and prepared.prompt_tokens[0] + 32 <= context
+    plain = tiny_vlm.prepare([[{"role": "user", "content": [{"type": "image", "image": receipt},
+                                                             {"type": "text", "text": "What is the total?"}]}]],
+                             ocr="never", max_new_tokens=32)
+    assert prepared.prompt_tokens[0] - plain.prompt_tokens[0] > 300  # most of the room went to OCR text

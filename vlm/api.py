@@ -124,12 +124,17 @@ class VLM:
         return apply(self, (options or InferenceOptions()).with_(**levers) if levers else options)
 
     # -- generation ---------------------------------------------------------------------------
-    def prepare_messages(self, messages: list[dict], ocr=None) -> tuple[list[dict], list]:
+    def prepare_messages(self, messages: list[dict], ocr=None, answer_tokens: int = 0) -> tuple[list[dict], list]:
         """``(template messages, images)`` of a conversation: checked (:func:`vlm.messages.normalise`), with
-        each image's OCR text beside it as ``ocr`` says (:mod:`vlm.grounding`; None: ``self.grounding``)."""
+        each image's OCR text beside it as ``ocr`` says (:mod:`vlm.grounding`; None: ``self.grounding``), in
+        the room the context has left after the rest of the prompt and ``answer_tokens``."""
         normed, images = normalise(messages, self.limits)
         grounding = GroundingOptions.resolve(self.grounding, ocr)
-        return ground(normed, images, grounding, self.processor.tokenizer).messages, images
+        if grounding.ocr == "never" or not images:
+            return normed, images
+        room = generation.context_length(self.model) - answer_tokens - generation.count_prompt_tokens(
+            self.model, self.processor, normed, len(images))
+        return ground(normed, images, grounding, self.processor.tokenizer, room=room).messages, images
 
     def prepare(self, conversations: list[list[dict]], options: GenerationOptions | None = None, ocr=None,
                 **gen) -> Prepared:
@@ -140,7 +145,7 @@ class VLM:
         from .video import expand_videos
 
         conversations = [expand_videos(c, self.video, self.limits) for c in conversations]
-        normed, images = zip(*(self.prepare_messages(c, ocr) for c in conversations))
+        normed, images = zip(*(self.prepare_messages(c, ocr, opts.max_new_tokens) for c in conversations))
         batch = generation.encode(self.model, self.processor, list(normed), list(images), opts)
         lengths = [int(n) for n in batch["attention_mask"].sum(dim=1)]
         return Prepared(batch, opts, lengths, [len(i) for i in images])

@@ -13,8 +13,10 @@ Contract (:func:`ground`), for a normalised conversation (:func:`vlm.messages.no
   user turn reads ``<image>\\nOCR text:\\n...\\n\\n<question>``: the training prompts' layout.
 - OCR comes from :func:`vlm.ocr.run_ocr` with ``GroundingOptions.engine`` (cached per engine and image
   content), so a conversation asked again, or the same receipt in another request, does not run OCR twice.
-- The OCR text of one conversation is held to ``max_ocr_tokens`` tokens of the model's tokenizer, shared
-  equally by the grounded images; whole rows are kept from the top, the rest dropped (``truncated``).
+- The OCR text of one conversation is held to ``max_ocr_tokens`` tokens of the model's tokenizer, and to the
+  ``room`` the caller has left in the context (after the rest of the prompt and the answer's budget), shared
+  equally by the grounded images; whole rows are kept from the top, the rest dropped (``truncated``). When
+  there is no room for even a few rows, no block is added (``no_room``) and the prompt is as without OCR.
 - The decision uses only the OCR lines (scores and text), never file names or the question.
 
 Nothing else in the conversation changes: the messages are copied, the caller's are left alone.
@@ -83,6 +85,7 @@ class ImageText:
     confident_chars: int
     included: bool
     truncated: bool = False
+    no_room: bool = False  # OCR found text, but the context had no room for it
     text: str = ""  # the OCR text put into the prompt ("" when not included)
 
 
@@ -138,9 +141,14 @@ def ocr_block(text: str) -> str:
     return f"{OCR_HEADER}{text.strip() or NO_TEXT}\n\n"
 
 
-def ground(messages: list[dict], images: list, options: GroundingOptions, tokenizer, ocr=None) -> Grounded:
+MIN_SHARE = 16  # tokens: below this per image, a block would say nothing useful
+
+
+def ground(messages: list[dict], images: list, options: GroundingOptions, tokenizer, ocr=None,
+           room: int | None = None) -> Grounded:
     """Put OCR blocks into ``messages`` (normalised: image parts are ``{"type": "image"}``, ``images`` the
-    loaded images in order). ``ocr``: the OCR function (default :func:`vlm.ocr.run_ocr`)."""
+    loaded images in order). ``ocr``: the OCR function (default :func:`vlm.ocr.run_ocr` with
+    ``options.engine``); ``room``: the most tokens the blocks may add in all (None: only ``max_ocr_tokens``)."""
     if options.ocr == "never" or not images:
         return Grounded(messages)
     if ocr is None:
@@ -164,8 +172,15 @@ def ground(messages: list[dict], images: list, options: GroundingOptions, tokeni
                 found[index] = (format_ocr(lines) if keep else "", ImageText(index, len(lines), n, chars, keep))
             index += 1
     kept = [i for i, (_, info) in found.items() if info.included]
+    budget = options.max_ocr_tokens
+    if kept and room is not None:  # each block also costs its header and blank line (and a token of slack)
+        budget = min(budget, room - len(kept) * (count_tokens(tokenizer, ocr_block(".")) + 1))
+    if kept and budget // len(kept) < MIN_SHARE:
+        for i in kept:
+            found[i][1].included, found[i][1].no_room = False, True
+        kept = []
     if kept:
-        share = max(1, options.max_ocr_tokens // len(kept))
+        share = budget // len(kept)
         for i in kept:
             text, info = found[i]
             info.text, info.truncated = truncate_rows(text, tokenizer, share) if text else ("", False)

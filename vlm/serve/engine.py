@@ -219,10 +219,7 @@ class Engine:
     # -- preparing -------------------------------------------------------------------------------
     def count_prompt_tokens(self, normed: list[dict], n_images: int) -> int:
         """Prompt tokens of a normalised conversation, image tokens included, without processing images."""
-        processor = self.vlm.processor
-        text = processor.apply_chat_template(normed, tokenize=False, add_generation_prompt=True)
-        n = len(processor.tokenizer(text)["input_ids"])
-        return n + n_images * (int(self.vlm.model.config.image_seq_length) - 1)  # <image> expands in place
+        return generation.count_prompt_tokens(self.vlm.model, self.vlm.processor, normed, n_images)
 
     def _answer_budget(self, prompt_tokens: int, max_tokens: int | None) -> int:
         """The answer's token budget, or :class:`ContextTooLong` / :class:`BadRequest` with the real numbers."""
@@ -272,7 +269,13 @@ class Engine:
             if self.moderator is not None:
                 self.moderator.check(images)
             grounding = GroundingOptions.resolve(self.vlm.grounding, ocr)
-            normed = ground(normed, images, grounding, processor.tokenizer).messages
+            if grounding.ocr != "never" and images:  # the OCR text gets what the context has left
+                base = self.count_prompt_tokens(normed, len(images))
+                room = generation.context_length(model) - base - (
+                    max_tokens or min(self.config.default_max_tokens, self.config.max_tokens_cap))
+                if self.config.max_prompt_tokens is not None:
+                    room = min(room, self.config.max_prompt_tokens - base)
+                normed = ground(normed, images, grounding, processor.tokenizer, room=room).messages
             budget = self._answer_budget(self.count_prompt_tokens(normed, len(images)), max_tokens)
             opts.max_new_tokens = budget
             batch = generation.encode(model, processor, [normed], [images], opts)
