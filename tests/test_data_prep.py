@@ -13,7 +13,8 @@ import pytest
 from vlm.prep.flickr8k import Flickr8kPrepConfig, captions_conflict, clean_caption, consistent_captions, prepare_flickr8k
 from vlm.prep.io import checked_records, write_records
 from vlm.records import load_records, record_images, resolve_path
-from vlm.prep.prompts import CAPTION_PROMPTS, DETAIL_PROMPTS, FIELD_QUESTIONS, FOLLOWUP_PROMPTS, QUESTION_PROMPTS, READ_PROMPTS
+from vlm.prep.prompts import (CAPTION_PROMPTS, DETAIL_PROMPTS, FIELD_QUESTIONS, FOLLOWUP_PROMPTS, QUESTION_PROMPTS,
+                              READ_PROMPTS, SAY_PROMPTS)
 from vlm.records import (
     BAD_ROLE_ORDER,
     EMPTY_CAPTION,
@@ -279,12 +280,15 @@ def _sroie_rows(data_dir: Path) -> dict[str, dict]:
 
 def test_sroie_prep_dataset_ocr(tmp_path, data_dir):
     from vlm.extract.prompts import fields_prompt, format_ocr
+    from vlm.grounding import ocr_block
+    from vlm.messages import SHORT_ANSWER
 
     from vlm.prep.sroie import FIELDS, read_dataset_ocr
 
     out = tmp_path / "sroie"
     src = data_dir / "sroie"
-    args = ["sroie", "--src", str(src), "--out", str(out), "--ocr", "dataset", "--limit", "40", "--quiet"]
+    args = ["sroie", "--src", str(src), "--out", str(out), "--ocr", "dataset", "--limit", "40", "--quiet",
+            "--transcribe"]
     assert vlm_prep(args) == 0
     rows = _sroie_rows(data_dir)
     split = json.loads((out / "sroie_split.json").read_text())
@@ -318,10 +322,28 @@ def test_sroie_prep_dataset_ocr(tmp_path, data_dir):
                 assert answer == {f: row["entities"].get(f) or None for f in fields}  # blank/absent -> null
                 ocr_text = format_ocr(read_dataset_ocr(src / row["ocr"], row["scale"]))
                 assert _human(r) == "<image>\n" + fields_prompt(fields, ocr_text)  # inference's own builder
-            else:
-                field = kind.split("-")[1]
-                assert _human(r)[len("<image>\n"):] in FIELD_QUESTIONS[field]
-                assert _gpt(r) == row["entities"][field]
+            else:  # OCR-grounded questions: chat's own OCR block (vlm.grounding), then the question
+                ocr_text = format_ocr(read_dataset_ocr(src / row["ocr"], row["scale"]))
+                head = "<image>\n" + ocr_block(ocr_text)
+                assert _human(r).startswith(head)
+                question = _human(r)[len(head):]
+                if kind == "say":
+                    assert question in SAY_PROMPTS and _gpt(r) == ocr_text
+                else:
+                    field = kind.split("-")[1]
+                    assert question.removesuffix("\n" + SHORT_ANSWER) in FIELD_QUESTIONS[field]
+                    assert _gpt(r) == row["entities"][field]
+        assert sum(r["id"].endswith("-say") for r in stage2) == len(ids)
+        # the same single-field questions, without OCR, in the format `vlm eval vqa` reads
+        from vlm.eval.records import load_eval_records
+
+        vqa = load_eval_records(out / f"sroie_vqa_{side}.jsonl", ("image", "question", "answer"))
+        asked = {r["id"]: _human(r) for r in stage2 if "-ask-" in r["id"]}
+        assert {q.id for q in vqa} == set(asked) and len(vqa) == 2 * len(ids)  # --questions 2 (the default)
+        for q in vqa:
+            assert q.image.is_file() and "OCR" not in q.data["question"]
+            assert q.data["question"] in asked[q.id] and q.data["answer"] == rows[q.id.split("-")[1]]["entities"][
+                q.data["field"]]
 
     good = list(checked_records(out / "sroie_stage2_val.json"))
     assert len(good) == len(load_records(out / "sroie_stage2_val.json"))

@@ -17,6 +17,7 @@ import torch
 from . import compose, generation
 from .clip import CLIP_FOLDER
 from .config import GenerationOptions, InputLimits
+from .grounding import GroundingOptions, ground
 from .images import ImageInput
 from .messages import normalise, user_turn
 from .generation import Prepared
@@ -60,7 +61,7 @@ class VLM:
     """A llava model with its processor, plus the input checks and generation loop around them."""
 
     def __init__(self, model, processor, *, name: str | None = None, limits: InputLimits | None = None,
-                 clip=None, video=None):
+                 clip=None, video=None, grounding: GroundingOptions | None = None):
         from .video import VideoOptions
 
         self.model = model
@@ -68,6 +69,7 @@ class VLM:
         self.name = name or "vlm"
         self.limits = limits or InputLimits()
         self.video = video or VideoOptions()  # frames sampled per video part (vlm.video)
+        self.grounding = grounding or GroundingOptions()  # OCR text in chat prompts (vlm.grounding); per call: ocr=
         self._clip_source = clip  # a folder, a loaded Clip, or None/False (none)
         self._clip = None
         self.inference = InferenceState()  # the inference levers applied (VLM.optimize) and their caches
@@ -122,14 +124,28 @@ class VLM:
         return apply(self, (options or InferenceOptions()).with_(**levers) if levers else options)
 
     # -- generation ---------------------------------------------------------------------------
-    def prepare(self, conversations: list[list[dict]], options: GenerationOptions | None = None, **gen) -> Prepared:
-        """Check and encode conversations (images loaded and processed): the batch, its options, and each
-        conversation's prompt length in tokens, image tokens included. Input errors surface here."""
+    def prepare_messages(self, messages: list[dict], ocr=None, answer_tokens: int = 0) -> tuple[list[dict], list]:
+        """``(template messages, images)`` of a conversation: checked (:func:`vlm.messages.normalise`), with
+        each image's OCR text beside it as ``ocr`` says (:mod:`vlm.grounding`; None: ``self.grounding``), in
+        the room the context has left after the rest of the prompt and ``answer_tokens``."""
+        normed, images = normalise(messages, self.limits)
+        grounding = GroundingOptions.resolve(self.grounding, ocr)
+        if grounding.ocr == "never" or not images:
+            return normed, images
+        room = generation.context_length(self.model) - answer_tokens - generation.count_prompt_tokens(
+            self.model, self.processor, normed, len(images))
+        return ground(normed, images, grounding, self.processor.tokenizer, room=room).messages, images
+
+    def prepare(self, conversations: list[list[dict]], options: GenerationOptions | None = None, ocr=None,
+                **gen) -> Prepared:
+        """Check and encode conversations (images loaded and processed, OCR text put beside them as ``ocr``
+        says): the batch, its options, and each conversation's prompt length in tokens, image tokens included.
+        Input errors surface here."""
         opts = GenerationOptions.from_kwargs(options, **gen)
         from .video import expand_videos
 
         conversations = [expand_videos(c, self.video, self.limits) for c in conversations]
-        normed, images = zip(*(normalise(c, self.limits) for c in conversations))
+        normed, images = zip(*(self.prepare_messages(c, ocr, opts.max_new_tokens) for c in conversations))
         batch = generation.encode(self.model, self.processor, list(normed), list(images), opts)
         lengths = [int(n) for n in batch["attention_mask"].sum(dim=1)]
         return Prepared(batch, opts, lengths, [len(i) for i in images])
@@ -145,31 +161,34 @@ class VLM:
         return generation.stream(self.model, self.processor, prepared.batch, prepared.options, cancel,
                                  self.inference.prefix_cache)
 
-    def chat(self, messages: list[dict], options: GenerationOptions | None = None, **gen) -> str:
+    # ``ocr``: "auto" | "always" | "never" or a GroundingOptions, for this call (default: ``self.grounding``,
+    # "auto": an image's OCR text goes into the prompt when OCR finds real text on it; see vlm.grounding).
+    def chat(self, messages: list[dict], options: GenerationOptions | None = None, ocr=None, **gen) -> str:
         """Answer the last user turn of a conversation (content: str or list of image/text parts)."""
-        return self.generate(self.prepare([messages], options, **gen))[0]
+        return self.generate(self.prepare([messages], options, ocr, **gen))[0]
 
-    def chat_batch(self, conversations: list[list[dict]], options=None, **gen) -> list[str]:
+    def chat_batch(self, conversations: list[list[dict]], options=None, ocr=None, **gen) -> list[str]:
         if not conversations:
             return []
-        return self.generate(self.prepare(conversations, options, **gen))
+        return self.generate(self.prepare(conversations, options, ocr, **gen))
 
     def chat_stream(
-        self, messages: list[dict], options=None, cancel: threading.Event | None = None, **gen
+        self, messages: list[dict], options=None, cancel: threading.Event | None = None, ocr=None, **gen
     ) -> Iterator[str]:
-        return self.generate_stream(self.prepare([messages], options, **gen), cancel)  # input errors: raised here
+        return self.generate_stream(self.prepare([messages], options, ocr, **gen), cancel)  # input errors: raised here
 
-    def ask(self, image: ImageInput | None, question: str, options=None, **gen) -> str:
+    def ask(self, image: ImageInput | None, question: str, options=None, ocr=None, **gen) -> str:
         """Answer a question about an image, or a video (a path with a video extension or a ``data:video/``
         URL: ``self.video.frames`` frames sampled uniformly, shown with their times; :mod:`vlm.video`)."""
-        return self.chat(_turn(image, question), options, **gen)
+        return self.chat(_turn(image, question), options, ocr, **gen)
 
-    def ask_batch(self, pairs: list[tuple[ImageInput | None, str]], options=None, **gen) -> list[str]:
+    def ask_batch(self, pairs: list[tuple[ImageInput | None, str]], options=None, ocr=None, **gen) -> list[str]:
         """Answer many (image or video, question) pairs in one batched ``generate`` call."""
-        return self.chat_batch([_turn(img, q) for img, q in pairs], options, **gen)
+        return self.chat_batch([_turn(img, q) for img, q in pairs], options, ocr, **gen)
 
-    def stream(self, image: ImageInput | None, question: str, options=None, cancel=None, **gen) -> Iterator[str]:
-        return self.chat_stream(_turn(image, question), options, cancel, **gen)
+    def stream(self, image: ImageInput | None, question: str, options=None, cancel=None, ocr=None,
+               **gen) -> Iterator[str]:
+        return self.chat_stream(_turn(image, question), options, cancel, ocr, **gen)
 
     # -- the CLIP's uses ---------------------------------------------------------------------------
     @property

@@ -63,6 +63,13 @@ def context_length(model) -> int:
     return int(getattr(model.config.text_config, "max_position_embeddings", 2048))
 
 
+def count_prompt_tokens(model, processor, conversation: list[dict], n_images: int) -> int:
+    """Prompt tokens of a normalised conversation, image tokens included, without processing images."""
+    text = processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    n = len(processor.tokenizer(text)["input_ids"])
+    return n + n_images * (int(model.config.image_seq_length) - 1)  # <image> expands in place
+
+
 def encode(model, processor, conversations: list[list[dict]], images: list[list], opts: GenerationOptions):
     """Tokenise a batch of conversations (already normalised) with their images, checking limits."""
     prompts = []

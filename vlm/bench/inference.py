@@ -122,8 +122,8 @@ class VlmPath:
             if history:
                 return self.vlm.chat_batch(
                     [h + [{"role": "user", "content": q}] for h, q in zip(history, questions)],
-                    max_new_tokens=max_new_tokens)
-            return self.vlm.ask_batch(list(zip(images, questions)), max_new_tokens=max_new_tokens)
+                    max_new_tokens=max_new_tokens, ocr="never")  # like the baseline: no OCR in the prompt
+            return self.vlm.ask_batch(list(zip(images, questions)), max_new_tokens=max_new_tokens, ocr="never")
 
 
 def make_paths(base_vlm, option_sets: list) -> tuple[BaselinePath, list[VlmPath]]:
@@ -260,7 +260,8 @@ def run(base_vlm, option_sets: list, samples: list[dict], cfg: InferenceConfig, 
     rss = measure_rss(main, images, cfg)
     log(f"agreement: {len(samples[: cfg.agreement_samples])} images")
     agreement = measure_agreement(paths, samples[: cfg.agreement_samples], cfg)
-    prompt_tokens = base_vlm.prepare([user_turn(image, cfg.question)], max_new_tokens=1).prompt_tokens[0]
+    prompt_tokens = base_vlm.prepare([user_turn(image, cfg.question)], ocr="never",
+                                     max_new_tokens=1).prompt_tokens[0]
     context = prompt_tokens + cfg.decode_tokens // 2
     bytes_per_token = {baseline.name: weight_bytes_per_token(baseline.model)
                        + kv_bytes_per_token(baseline.model, context)}

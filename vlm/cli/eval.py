@@ -42,8 +42,12 @@ def _model_args(p: argparse.ArgumentParser, task: str) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None)
     if task != "sroie":  # extraction decodes under its JSON grammar
         from vlm.cli.common import add_decoding_arguments
+        from vlm.grounding import OCR_MODES
 
         add_decoding_arguments(p)
+        p.add_argument("--ocr", choices=OCR_MODES, default="auto",
+                       help="OCR text of each image in the prompt, as chat does (vlm.grounding): auto = when OCR "
+                            "finds real text, always, never (default: %(default)s)")
     p.add_argument("--systems", default=",".join(SYSTEMS[task]),
                    help=f"comma-separated systems to run (default: {','.join(SYSTEMS[task])})")
 
@@ -223,7 +227,7 @@ def _captions(args) -> dict:
     names = _systems(args)
     records = load_eval_records(args.data, ("image", "captions"), args.limit)
     load = _ModelLoader(args)
-    gen = {"max_new_tokens": 40, "num_beams": captions.DEFAULT_BEAMS, **_gen(args)}
+    gen = {"max_new_tokens": 40, "num_beams": captions.DEFAULT_BEAMS, **_gen(args), "ocr": args.ocr}
     prompt = args.prompt or captions.DEFAULT_PROMPT
     train_path = _train_path(args) if "nearest-neighbour" in names else None
 
@@ -276,7 +280,7 @@ def _vqa(args) -> dict:
     names = _systems(args)
     records = load_eval_records(args.data, ("image", "question", "answer"), args.limit)
     load = _ModelLoader(args)
-    gen = {"max_new_tokens": 16, **_gen(args)}
+    gen = {"max_new_tokens": 16, **_gen(args), "ocr": args.ocr}
     suffix = vqa.SHORT_ANSWER if args.suffix is None else args.suffix
     if args.prior_train:
         prior_records = load_eval_records(args.prior_train, ("question", "answer"))

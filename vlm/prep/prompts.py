@@ -72,6 +72,15 @@ READ_PROMPTS: tuple[str, ...] = (
     "Read the receipt from top to bottom.",
 )
 
+# SROIE stage 2, OCR-grounded: "what does it say?" -> the OCR text.
+SAY_PROMPTS: tuple[str, ...] = (
+    "What does it say?",
+    "What is written here?",
+    "What does this receipt say?",
+    "Read the text in this image.",
+    "What text is in the picture?",
+)
+
 # SROIE stage 2: one field, one short answer.
 FIELD_QUESTIONS: dict[str, tuple[str, ...]] = {
     "company": (

@@ -8,9 +8,15 @@ Outputs in ``out_dir`` (``{split}`` is ``train`` and ``val``; image paths relati
   segments of one row).
 - ``sroie_stage2_{split}.json``: per receipt, (1) the four fields -> JSON, (2) a random subset of the
   fields in random order -> JSON, both with the prompt and OCR text format that inference uses
-  (:mod:`vlm.extract.prompts` and :mod:`vlm.ocr`), and (3) ``questions`` single-field questions
-  ("What is the total?") -> the annotated value, verbatim. Questions carry the image only (as a user would
-  ask in chat), no OCR text; drop ids containing ``-ask-`` to train on OCR-grounded extraction alone.
+  (:mod:`vlm.extract.prompts` and :mod:`vlm.ocr`), (3) ``questions`` single-field questions
+  ("What is the total?") -> the annotated value, verbatim, and (4) with ``transcribe``, one "what does it
+  say?" question -> the OCR text. Questions (3, 4) are OCR-grounded exactly as chat grounds them at inference
+  (:mod:`vlm.grounding`: the OCR block, then the question), half of them followed by the short-answer
+  instruction that ``vlm eval vqa`` appends; drop ids containing ``-ask-`` / ``-say-`` to train on
+  extraction alone.
+- ``sroie_vqa_{split}.jsonl`` (when ``questions`` > 0): the same single-field questions in the VQA evaluation
+  format (``id``, ``image``, ``question``, ``answer``, ``field``), for ``vlm eval vqa --data``: the question
+  alone, as a user asks it in chat (grounding adds the OCR text at inference).
 - ``sroie_train.jsonl`` / ``sroie_val.jsonl``: each slice in the evaluation format (``id``, ``image``,
   ``entities``), for ``vlm eval sroie --data``;
 - ``sroie_split.json``: the vendor groups and receipt ids on each side; ``sroie_summary.json``: counts,
@@ -41,7 +47,7 @@ from pathlib import Path
 from typing import Callable
 
 from .io import image_ref, write_json, write_records
-from .prompts import FIELD_QUESTIONS, READ_PROMPTS, pick, rng_for
+from .prompts import FIELD_QUESTIONS, READ_PROMPTS, SAY_PROMPTS, pick, rng_for
 from vlm.records import MALFORMED, ImageChecker, RecordAccounting, RecordProblem, check_record, read_jsonl
 
 FIELDS = ("company", "date", "address", "total")
@@ -60,6 +66,7 @@ class SroiePrepConfig:
     max_val_group: int = 12  # bigger vendor groups always stay in train
     questions: int = 2  # single-field questions per receipt
     swaps: int = 0  # vendor-swapped extraction records per train receipt (see vlm.prep.vendor_swap)
+    transcribe: bool = False  # one OCR-grounded "what does it say?" record per receipt
     absolute_paths: bool = False
     decode_images: bool = True
     strict: bool = False
@@ -222,30 +229,56 @@ def swapped_records(items: list[tuple[Receipt, str, str]], per_receipt: int, see
     return out
 
 
-def stage2_records(receipt: Receipt, image: str, ocr_text: str, seed: int, questions: int) -> list[dict]:
-    """Extraction records (all four fields; a random subset) and single-field questions for one receipt.
+def grounded_question(ocr_text: str, question: str) -> str:
+    """The user text after ``"<image>\\n"`` of an OCR-grounded chat question: what :func:`vlm.grounding.ground`
+    puts there at inference (the OCR block), then the question."""
+    from vlm.grounding import ocr_block
+
+    return ocr_block(ocr_text) + question
+
+
+def question_record(record_id: str, image: str, ocr_text: str, question: str, answer: str) -> dict:
+    return {"id": record_id, "image": image, "conversations": [
+        {"from": "human", "value": IMG + grounded_question(ocr_text, question)}, {"from": "gpt", "value": answer}]}
+
+
+def field_questions(receipt: Receipt, seed: int, questions: int) -> list[tuple[str, str]]:
+    """``(field, question)`` for up to ``questions`` annotated fields of a receipt (seeded)."""
+    rng = rng_for(seed, receipt.id, "ask")
+    present = [f for f in FIELDS if f in receipt.entities]
+    return [(f, pick(rng, FIELD_QUESTIONS[f])) for f in rng.sample(present, min(questions, len(present)))]
+
+
+def stage2_records(receipt: Receipt, image: str, ocr_text: str, seed: int, questions: int,
+                   transcribe: bool = False) -> list[dict]:
+    """Extraction records (all four fields; a random subset), OCR-grounded single-field questions and, with
+    ``transcribe``, an OCR-grounded "what does it say?" record for one receipt.
 
     Extraction always asks from the four SROIE fields, like inference's ``receipt`` template; a field the
     annotators left empty (one receipt has no printed address) is answered ``null``. Questions are only
-    asked about annotated fields.
+    asked about annotated fields; half of them (seeded) end with the short-answer instruction.
     """
+    from vlm.messages import SHORT_ANSWER
+
     rng = rng_for(seed, receipt.id, "extract")
     subset = rng.sample(FIELDS, rng.randint(1, len(FIELDS) - 1))
     out = [extraction_record(f"sroie-{receipt.id}-{name}", image, ocr_text, receipt.entities, fields)
            for name, fields in (("fields", list(FIELDS)), ("subset", subset))]
-    present = [f for f in FIELDS if f in receipt.entities]
-    for f in rng.sample(present, min(questions, len(present))):
-        out.append(
-            {
-                "id": f"sroie-{receipt.id}-ask-{f}",
-                "image": image,
-                "conversations": [
-                    {"from": "human", "value": IMG + pick(rng, FIELD_QUESTIONS[f])},
-                    {"from": "gpt", "value": receipt.entities[f]},
-                ],
-            }
-        )
+    suffix = rng_for(seed, receipt.id, "suffix")
+    for f, question in field_questions(receipt, seed, questions):
+        if suffix.random() < 0.5:
+            question = f"{question}\n{SHORT_ANSWER}"
+        out.append(question_record(f"sroie-{receipt.id}-ask-{f}", image, ocr_text, question, receipt.entities[f]))
+    if transcribe and ocr_text.strip():
+        question = pick(rng_for(seed, receipt.id, "say"), SAY_PROMPTS)
+        out.append(question_record(f"sroie-{receipt.id}-say", image, ocr_text, question, ocr_text.strip()))
     return out
+
+
+def vqa_rows(receipt: Receipt, image: str, seed: int, questions: int) -> list[dict]:
+    """The receipt's single-field questions in the VQA evaluation format (the same questions as stage 2)."""
+    return [{"id": f"sroie-{receipt.id}-ask-{f}", "image": image, "question": q, "answer": receipt.entities[f],
+             "field": f} for f, q in field_questions(receipt, seed, questions)]
 
 
 def prepare_sroie(cfg: SroiePrepConfig, progress: bool = False) -> dict:
@@ -270,6 +303,12 @@ def prepare_sroie(cfg: SroiePrepConfig, progress: bool = False) -> dict:
         eval_file.write_text("".join(json.dumps(row) + "\n" for row in eval_rows))
         files[f"eval_{split}"] = str(eval_file)
         stage1, stage2 = [], []
+        if cfg.questions:  # single-field questions for `vlm eval vqa` (no OCR in them: chat grounding adds it)
+            vqa_file = cfg.out / f"sroie_vqa_{split}.jsonl"
+            vqa = [row for r in items for row in vqa_rows(r, image_ref(r.image, cfg.out, absolute=cfg.absolute_paths),
+                                                            cfg.seed, cfg.questions)]
+            vqa_file.write_text("".join(json.dumps(row) + "\n" for row in vqa))
+            files[f"vqa_{split}"] = str(vqa_file)
         extracted: list[tuple[Receipt, str, str]] = []
         iterator = items
         if progress:
@@ -291,7 +330,7 @@ def prepare_sroie(cfg: SroiePrepConfig, progress: bool = False) -> dict:
                 continue
             finally:
                 ocr_seconds += time.perf_counter() - t
-            stage2.extend(stage2_records(receipt, image, ocr_text, cfg.seed, cfg.questions))
+            stage2.extend(stage2_records(receipt, image, ocr_text, cfg.seed, cfg.questions, cfg.transcribe))
             extracted.append((receipt, image, ocr_text))
         if split == "train" and cfg.swaps:
             stage2.extend(swapped_records(extracted, cfg.swaps, cfg.seed))
@@ -311,6 +350,7 @@ def prepare_sroie(cfg: SroiePrepConfig, progress: bool = False) -> dict:
         "out": str(cfg.out),
         "config": {"ocr": cfg.ocr, "seed": cfg.seed, "limit": cfg.limit, "val_fraction": cfg.val_fraction,
                    "max_val_group": cfg.max_val_group, "questions": cfg.questions, "swaps": cfg.swaps,
+                   "transcribe": cfg.transcribe,
                    "absolute_paths": cfg.absolute_paths},
         "receipts": {"train": len(train), "val": len(val)},
         "vendor_groups": {"train": len(split_info["train_groups"]), "val": len(split_info["val_groups"])},

@@ -32,6 +32,7 @@ from typing import Any
 from vlm import generation
 from vlm.config import GenerationOptions
 from vlm.errors import InputError
+from vlm.grounding import GroundingOptions, ground
 from vlm.messages import normalise
 
 from .config import ServeConfig
@@ -218,10 +219,7 @@ class Engine:
     # -- preparing -------------------------------------------------------------------------------
     def count_prompt_tokens(self, normed: list[dict], n_images: int) -> int:
         """Prompt tokens of a normalised conversation, image tokens included, without processing images."""
-        processor = self.vlm.processor
-        text = processor.apply_chat_template(normed, tokenize=False, add_generation_prompt=True)
-        n = len(processor.tokenizer(text)["input_ids"])
-        return n + n_images * (int(self.vlm.model.config.image_seq_length) - 1)  # <image> expands in place
+        return generation.count_prompt_tokens(self.vlm.model, self.vlm.processor, normed, n_images)
 
     def _answer_budget(self, prompt_tokens: int, max_tokens: int | None) -> int:
         """The answer's token budget, or :class:`ContextTooLong` / :class:`BadRequest` with the real numbers."""
@@ -250,10 +248,12 @@ class Engine:
     def prepare_chat(self, messages: list[dict], *, max_tokens: int | None = None, temperature: float | None = None,
                      top_p: float | None = None, seed: int | None = None, stop: list[str] | None = None,
                      repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
-                     answer_format=None, request_id: str | None = None) -> Prepared:
+                     answer_format=None, request_id: str | None = None, ocr=None) -> Prepared:
         """Load and screen the images, build the prompt and settle the answer budget.
 
-        ``answer_format``: a ``vlm.extract.structured`` machine the answer must be accepted by (JSON)."""
+        ``answer_format``: a ``vlm.extract.structured`` machine the answer must be accepted by (JSON).
+        ``ocr``: "auto" / "always" / "never": OCR text beside each image (``vlm.grounding``; None: the model's
+        default). Images are screened before OCR runs on them."""
         request_id = request_id or new_request_id()
         model, processor = self.vlm.model, self.vlm.processor
         try:
@@ -268,6 +268,14 @@ class Engine:
             normed, images = normalise(messages, self.vlm.limits)
             if self.moderator is not None:
                 self.moderator.check(images)
+            grounding = GroundingOptions.resolve(self.vlm.grounding, ocr)
+            if grounding.ocr != "never" and images:  # the OCR text gets what the context has left
+                base = self.count_prompt_tokens(normed, len(images))
+                room = generation.context_length(model) - base - (
+                    max_tokens or min(self.config.default_max_tokens, self.config.max_tokens_cap))
+                if self.config.max_prompt_tokens is not None:
+                    room = min(room, self.config.max_prompt_tokens - base)
+                normed = ground(normed, images, grounding, processor.tokenizer, room=room).messages
             budget = self._answer_budget(self.count_prompt_tokens(normed, len(images)), max_tokens)
             opts.max_new_tokens = budget
             batch = generation.encode(model, processor, [normed], [images], opts)

@@ -287,7 +287,7 @@ class OpenAIRoutes:
         prepared = await run_in_threadpool(
             self.engine.prepare_chat, messages, max_tokens=req.answer_budget, temperature=req.temperature,
             top_p=req.top_p, seed=req.seed, stop=req.stops, repetition_penalty=req.repetition_penalty,
-            no_repeat_ngram_size=req.no_repeat_ngram_size, answer_format=answer_format, request_id=rid,
+            no_repeat_ngram_size=req.no_repeat_ngram_size, answer_format=answer_format, request_id=rid, ocr=req.ocr,
         )
         job = self.engine.submit_chat(prepared, loop=asyncio.get_running_loop())
         cid = f"chatcmpl-{uuid.uuid4().hex}"

@@ -145,6 +145,9 @@ class ChatCompletionRequest(_Strict):
     # extensions (as in vLLM's server; the openai client sends them with extra_body=...)
     repetition_penalty: float | None = Field(default=None, gt=0, le=2)
     no_repeat_ngram_size: int | None = Field(default=None, ge=0, le=16)
+    ocr: Literal["auto", "always", "never"] | None = Field(
+        default=None, description="vlm extension: each image's OCR text in the prompt beside it (vlm.grounding): "
+        "auto = when OCR finds real text on the image, always, never; default: the server's (auto)")
     # OpenAI parameters that vlm does not implement: neutral values only (see UNSUPPORTED)
     n: _only(1, int) | None = None
     logprobs: _only(False, bool) | None = None

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import gradio as gr
 
+from vlm.grounding import OCR_MODES
+
 from .config import ServeConfig
 from .engine import Completion, Engine, Job
 from .errors import ServeError
@@ -127,7 +129,7 @@ class ChatUI:
 
     # -- chat handlers ---------------------------------------------------------------------------------
     def send(self, history: list[dict], message: dict | None, temperature: float, top_p: float,
-             max_tokens: float, request: gr.Request):
+             max_tokens: float, request: gr.Request, ocr: str | None = None):
         """Add the user's images and text to the chat, then stream the answer (the ``/chat`` endpoint)."""
         message = message or {"text": "", "files": []}
         files, text = message.get("files") or [], (message.get("text") or "").strip()
@@ -138,20 +140,21 @@ class ChatUI:
         content = [{"path": f if isinstance(f, str) else f["path"]} for f in files] + ([text] if text else [])
         history.append({"role": "user", "content": content})
         locked = gr.MultimodalTextbox(value=None, interactive=False)
-        for history in self.respond(history, temperature, top_p, max_tokens, request):
+        for history in self.respond(history, temperature, top_p, max_tokens, request, ocr):
             yield history, locked
         yield history, gr.MultimodalTextbox(value=None, interactive=True)
 
     def regenerate(self, history: list[dict], temperature: float, top_p: float, max_tokens: float,
-                   request: gr.Request):
+                   request: gr.Request, ocr: str | None = None):
         """Drop the last answer and answer the last user turn again."""
         history = list(history or [])
         while history and history[-1]["role"] == "assistant":
             history.pop()
-        yield from self.respond(history, temperature, top_p, max_tokens, request)
+        yield from self.respond(history, temperature, top_p, max_tokens, request, ocr)
 
     def respond(self, history: list[dict], temperature: float, top_p: float, max_tokens: float,
-                request: gr.Request):
+                request: gr.Request, ocr: str | None = None):
+        """``ocr``: the OCR text setting (auto / always / never; None: the model's default, ``vlm.grounding``)."""
         history = list(history or [])
         if not history or history[-1]["role"] != "user":
             yield history
@@ -162,7 +165,7 @@ class ChatUI:
         try:
             prepared = self.engine.prepare_chat(
                 history_to_messages(history[:-1]), max_tokens=int(max_tokens), temperature=float(temperature),
-                top_p=float(top_p),
+                top_p=float(top_p), ocr=ocr or None,
             )
             job = self.engine.submit_chat(prepared)
         except ServeError as err:
@@ -274,11 +277,14 @@ def build_ui(engine: Engine, config: ServeConfig, examples: dict[str, Path]) -> 
                             top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p", elem_id="top-p")
                             max_tokens = gr.Slider(1, config.max_tokens_cap, value=min(256, config.max_tokens_cap),
                                                    step=1, label="Max new tokens", elem_id="max-tokens")
+                            ocr = gr.Radio(list(OCR_MODES), value=engine.vlm.grounding.ocr, label="OCR text",
+                                           info="put each image's OCR text in the prompt (auto: when it has text)",
+                                           elem_id="ocr-mode")
                 gr.Examples(
                     examples=[{"text": ex.question, "files": [str(examples[ex.name])]} for ex in CHAT_EXAMPLES],
                     inputs=box, label="Examples",
                 )
-                settings = [temperature, top_p, max_tokens]
+                settings = [temperature, top_p, max_tokens, ocr]
                 box.submit(ui.send, [chatbot, box, *settings], [chatbot, box], api_name="chat",
                            concurrency_limit=None)
                 stop_btn.click(ui.stop, None, None, queue=False, api_name="stop")
