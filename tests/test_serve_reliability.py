@@ -136,7 +136,7 @@ def test_request_ids_404_405_and_the_ui(tiny_vlm):
         seen = set()
         for method, path, status in [("GET", "/health", 200), ("GET", "/v1/models", 200), ("GET", "/", 200),
                                      ("GET", "/openapi.json", 200), ("GET", "/no/such/page", 404),
-                                     ("POST", "/v1/embeddings", 404), ("GET", "/v1", 404),
+                                     ("POST", "/v1/audio/speech", 404), ("GET", "/v1", 404),
                                      ("GET", "/v1/chat/completions", 405), ("DELETE", "/v1/models", 405),
                                      ("PUT", "/health", 405), ("POST", "/", 405)]:
             resp = client.request(method, path)

@@ -67,7 +67,7 @@ def test_parse_chat_request_names_the_field():
         parse_chat_request(b'{"model":"m","messages":[{"role":"user","content":[{"type":"text"}]}]}')
     assert e.value.param == "messages.0.content.0.text"
     with pytest.raises(BadRequest) as e:
-        parse_chat_request(b'{"model":"m","messages":[{"role":"user","content":[{"type":"video_url"}]}]}')
+        parse_chat_request(b'{"model":"m","messages":[{"role":"user","content":[{"type":"input_audio"}]}]}')
     assert "'text', 'image_url'" in str(e.value)
 
 
