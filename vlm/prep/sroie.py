@@ -189,7 +189,7 @@ def dataset_ocr_lines(receipt: Receipt) -> list:
 def rapidocr_lines(receipt: Receipt) -> list:
     from vlm.ocr import run_ocr
 
-    return run_ocr(receipt.image)
+    return run_ocr(receipt.image, engine="rapidocr")  # named: the mode is rapidocr whatever the default engine
 
 
 def stage1_record(receipt: Receipt, image: str, text: str, seed: int) -> dict:
