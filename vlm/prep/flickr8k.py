@@ -24,18 +24,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io import image_ref, write_json, write_records
+from .io import image_ref, write_checked, write_json, write_records
 from .prompts import CAPTION_PROMPTS, DETAIL_PROMPTS, FOLLOWUP_PROMPTS, QUESTION_PROMPTS, pick, rng_for
-from vlm.records import (
-    read_jsonl,
-    EMPTY_CAPTION,
-    MALFORMED,
-    ImageChecker,
-    RecordAccounting,
-    RecordProblem,
-    check_pair,
-    check_record,
-)
+from vlm.records import EMPTY_CAPTION, MALFORMED, ImageChecker, RecordAccounting, RecordProblem, check_pair, read_jsonl
 
 SPLITS = ("train", "dev")
 IMG = "<image>\n"
@@ -238,19 +229,11 @@ def prepare_flickr8k(cfg: Flickr8kPrepConfig, progress: bool = False) -> dict:
                 rounds[k].append(record)
             stage2.extend(stage2_records(key, image, captions, cfg.seed))
         stage1 = [r for rnd in rounds for r in rnd]
-        for stage, records in (("stage0", pairs), ("stage1", stage1), ("stage2", stage2)):
-            name = f"flickr8k_{stage}_{split}.json"
-            if stage != "stage0":  # built records get the same checks the training loader applies
-                good = []
-                for r in records:
-                    problem = check_record(r, cfg.out, images=images)
-                    if problem:
-                        acc.reject(problem, r["id"], name)
-                    else:
-                        good.append(r)
-                records = good
-            acc.keep(name, write_records(cfg.out / name, records))
-            files[f"{stage}_{split}"] = str(cfg.out / name)
+        name = f"flickr8k_stage0_{split}.json"  # pairs, checked as they were read
+        acc.keep(name, write_records(cfg.out / name, pairs))
+        files[f"stage0_{split}"] = str(cfg.out / name)
+        for stage, records in (("stage1", stage1), ("stage2", stage2)):  # the checks the training loader applies
+            files[f"{stage}_{split}"] = str(write_checked(cfg.out, f"flickr8k_{stage}_{split}.json", records, images, acc))
     summary = {
         "source": str(cfg.src),
         "out": str(cfg.out),

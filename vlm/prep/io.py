@@ -49,6 +49,21 @@ def write_records(path: str | os.PathLike, records: Iterable[dict]) -> int:
     return n
 
 
+def write_checked(out_dir: Path, name: str, records: Iterable[dict], images: ImageChecker,
+                  accounting: RecordAccounting) -> Path:
+    """Write ``out_dir/name`` with the records that pass the checks training applies (image paths relative
+    to ``out_dir``); bad ones are counted in ``accounting`` under ``name``. Returns the file's path."""
+    good = []
+    for record in records:
+        problem = check_record(record, out_dir, images=images)
+        if problem:
+            accounting.reject(problem, record["id"], name)
+        else:
+            good.append(record)
+    accounting.keep(name, write_records(out_dir / name, good))
+    return out_dir / name
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

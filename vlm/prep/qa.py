@@ -39,11 +39,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .io import image_ref, write_json, write_records
+from .io import image_ref, write_checked, write_json
 from .prompts import rng_for
 from .qa_facts import PEOPLE_KEY, PERSON, ImageFacts, caption_facts, image_facts, load_parser
 from .qa_vocab import ANIMAL_PLURALS, CLOTHING, COLOURS, NUMBER_NAMES, PEOPLE
-from vlm.records import EMPTY_CAPTION, MALFORMED, ImageChecker, RecordAccounting, RecordProblem, check_pair, check_record, read_jsonl
+from vlm.records import EMPTY_CAPTION, MALFORMED, ImageChecker, RecordAccounting, RecordProblem, check_pair, read_jsonl
 
 SPLITS = ("train", "dev")
 IMG = "<image>\n"
@@ -363,16 +363,7 @@ def prepare_qa(cfg: QAPrepConfig, progress: bool = False) -> dict:
             vqa_rows.append(rows_of_image)
             types.update(qa.type for qa in qas)
             answered.update(qa.answer for qa in qas if qa.type == "yes/no")
-        name = f"flickr8k_qa_stage2_{split}.json"
-        good = []
-        for r in records:
-            problem = check_record(r, cfg.out, images=images)
-            if problem:
-                acc.reject(problem, r["id"], name)
-            else:
-                good.append(r)
-        acc.keep(name, write_records(cfg.out / name, good))
-        files[f"stage2_{split}"] = str(cfg.out / name)
+        files[f"stage2_{split}"] = str(write_checked(cfg.out, f"flickr8k_qa_stage2_{split}.json", records, images, acc))
         vqa_file = cfg.out / f"flickr8k_vqa_{split}.jsonl"
         ordered = _round_robin(vqa_rows)
         vqa_file.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in ordered), encoding="utf-8")

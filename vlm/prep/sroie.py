@@ -46,9 +46,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .io import image_ref, write_json, write_records
+from .io import image_ref, write_checked, write_json
 from .prompts import FIELD_QUESTIONS, READ_PROMPTS, SAY_PROMPTS, pick, rng_for
-from vlm.records import MALFORMED, ImageChecker, RecordAccounting, RecordProblem, check_record, read_jsonl
+from vlm.records import MALFORMED, ImageChecker, RecordAccounting, RecordProblem, read_jsonl
 
 FIELDS = ("company", "date", "address", "total")
 OCR_MODES = ("rapidocr", "dataset")
@@ -335,16 +335,7 @@ def prepare_sroie(cfg: SroiePrepConfig, progress: bool = False) -> dict:
         if split == "train" and cfg.swaps:
             stage2.extend(swapped_records(extracted, cfg.swaps, cfg.seed))
         for stage, records in (("stage1", stage1), ("stage2", stage2)):
-            name = f"sroie_{stage}_{split}.json"
-            good = []
-            for r in records:
-                problem = check_record(r, cfg.out, images=images)
-                if problem:
-                    acc.reject(problem, r["id"], name)
-                else:
-                    good.append(r)
-            acc.keep(name, write_records(cfg.out / name, good))
-            files[f"{stage}_{split}"] = str(cfg.out / name)
+            files[f"{stage}_{split}"] = str(write_checked(cfg.out, f"sroie_{stage}_{split}.json", records, images, acc))
     summary = {
         "source": str(cfg.src),
         "out": str(cfg.out),
