@@ -1,11 +1,9 @@
 """data_prep: record checks and bad-record accounting, Flickr8k and SROIE preparation, the datasets loader."""
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,18 +26,13 @@ from vlm.records import (
     RecordAccounting,
     validate_record,
 )
+from vlm.cli import main
 from vlm.prep import cli as prep_cli
 
 
 def vlm_prep(argv: list[str]) -> int:
-    """``vlm prep ARGV`` as vlm.cli runs it (bad input: one error line, exit 2), without the other commands."""
-    parser = argparse.ArgumentParser(prog="vlm prep")
-    prep_cli.add_arguments(parser)
-    try:
-        return prep_cli.run(parser.parse_args(argv))
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"vlm prep: error: {exc}", file=sys.stderr)
-        return 2
+    """``vlm prep ARGV`` as the ``vlm`` command runs it (bad input: one error line, exit 2)."""
+    return main(["prep", *argv])
 
 
 def _rec(image, *turns, rid="r"):
@@ -124,9 +117,9 @@ def test_check_counts_each_bad_kind_and_strict_stops(photo, corrupt_image, tmp_p
 
 
 def test_vlm_cli_has_prep(tmp_path, photo, capsys):
-    from vlm.cli import COMMANDS, main
+    from vlm.cli import COMMANDS
 
-    assert COMMANDS["prep"] == "vlm.prep.cli"
+    assert COMMANDS["prep"] is prep_cli
     path = tmp_path / "one.json"
     write_records(path, [_rec(str(photo), ("human", "<image>\nWhat?"), ("gpt", "A photo."))])
     assert main(["prep", "check", str(path)]) == 0

@@ -168,27 +168,18 @@ def test_answer_machine_refuses_what_it_cannot_enforce(prop, words):
 
 def test_random_model_answers_fit_the_schema(tiny_vlm):
     """Any model, greedy or sampled, writes JSON that satisfies the schema when it stops by itself."""
-    import torch
-    from transformers import LogitsProcessorList
-
     from vlm import generation
     from vlm.config import GenerationOptions
-    from vlm.extract.structured import answer_machine, answer_processor, parse_answer
-    from vlm.messages import normalise
+    from vlm.extract.structured import answer_machine, parse_answer
 
-    normed, images = normalise([{"role": "user", "content": "Describe an item as JSON."}], tiny_vlm.limits)
+    conversation = [{"role": "user", "content": "Describe an item as JSON."}]
     for i, opts in enumerate([GenerationOptions(max_new_tokens=80), GenerationOptions(max_new_tokens=80,
                                                                                       temperature=1.0, seed=3)]):
-        batch = generation.encode(tiny_vlm.model, tiny_vlm.processor, [normed], [images], opts)
-        width = batch["input_ids"].shape[1]
-        proc = answer_processor(tiny_vlm.model, tiny_vlm.processor.tokenizer, answer_machine(TYPED), width)
-        kwargs = generation.generate_kwargs(tiny_vlm.model, tiny_vlm.processor, opts, width)
-        kwargs.update(logits_processor=LogitsProcessorList([proc]), eos_token_id=proc.eos_ids)
-        with torch.inference_mode(), generation._seeded(opts.seed):
-            out = tiny_vlm.model.generate(**batch, **kwargs)
-        new = out[0, width:].tolist()
-        text = tiny_vlm.processor.tokenizer.decode(new, skip_special_tokens=True)
-        assert new[-1] in proc.eos_ids, (i, text)  # it closed the object by itself within 80 tokens
+        prepared = tiny_vlm.prepare([conversation], opts, answer_format=answer_machine(TYPED))
+        tally = generation.Tally()
+        (text,) = tiny_vlm.generate(prepared, tally=tally)
+        new = tally.row()
+        assert new[-1] in prepared.eos_token_ids, (i, text)  # it closed the object by itself within 80 tokens
         parse_answer(text, TYPED)
 
 

@@ -2,26 +2,18 @@
 baselines they are measured against (``vlm prep qa``, ``vlm prep textonly``, ``vlm eval vqa``)."""
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-from vlm.prep import cli as prep_cli
+from vlm.cli import main
 
 
 def vlm_prep(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="vlm prep")
-    prep_cli.add_arguments(parser)
-    try:
-        return prep_cli.run(parser.parse_args(argv))
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"vlm prep: error: {exc}", file=sys.stderr)
-        return 2
+    return main(["prep", *argv])
 
 
 @pytest.fixture(scope="module")

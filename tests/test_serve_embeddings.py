@@ -15,6 +15,7 @@ from PIL import Image
 
 from _serve_server import png_data_url
 from clip_fixtures import *  # noqa: F403
+from vlm.config import GenerationOptions
 from vlm.serve.config import ServeConfig
 from vlm.serve.errors import BadRequest
 
@@ -199,7 +200,7 @@ def test_openai_messages_with_several_images(tiny_vlm):
         assert kinds == [["text", "image", "text", "image", "text"], "str", ["image", "text"]]
         assert all(isinstance(p["image"], bytes) for m in messages if isinstance(m["content"], list)
                    for p in m["content"] if p["type"] == "image")
-        prepared = engine.prepare_chat(messages, max_tokens=2)
+        prepared = engine.prepare_chat(messages, GenerationOptions(max_new_tokens=2))
         assert prepared.images == 3
         image_token = tiny_vlm.model.config.image_token_id
         n_image_tokens = int((prepared.batch["input_ids"] == image_token).sum())
@@ -279,8 +280,6 @@ def test_python_api_several_images_in_and_across_messages(tiny_vlm):
 
 
 def _opts():
-    from vlm.config import GenerationOptions
-
     return GenerationOptions(max_new_tokens=1)
 
 

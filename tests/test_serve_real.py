@@ -16,9 +16,6 @@ from _serve_server import Server, png_data_url
 
 pytestmark = pytest.mark.real
 RUNS = Path("/work/runs/serve")
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
@@ -86,18 +83,6 @@ def test_extract_tab_on_a_real_receipt(server, receipt):
     result, ocr_text, status = ui.predict(handle_file(str(receipt)), "receipt", "total", api_name="/extract")
     assert list(result) == ["total"]
     assert len(ocr_text.splitlines()) > 5 and "OCR lines" in status
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def _bot_text(page) -> str:

@@ -31,6 +31,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from _serve_server import Server, png_data_url
+from vlm.config import GenerationOptions
 from vlm.serve.config import ServeConfig
 from vlm.serve.errors import Busy, ContextTooLong
 
@@ -167,16 +168,17 @@ def test_context_errors_name_the_requests_numbers(tiny_vlm):
         assert "max_tokens is 1" not in err["message"] and "no room for an answer" in err["message"]
         assert f"prompt is {prompt} tokens" in err["message"]
         with pytest.raises(ContextTooLong, match="max_tokens is 500"):
-            engine.prepare_chat([{"role": "user", "content": "hi " * 30}], max_tokens=500)
+            engine.prepare_chat([{"role": "user", "content": "hi " * 30}], GenerationOptions(max_new_tokens=500))
         # the count before tokenising agrees with the tokenised prompt
         img = Image.new("RGB", (40, 30), (200, 10, 10))
         msgs = [{"role": "system", "content": "Be brief."},
                 {"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": "what?"}]}]
-        prepared = engine.prepare_chat(msgs, max_tokens=3)
+        prepared = engine.prepare_chat(msgs, GenerationOptions(max_new_tokens=3))
+        from vlm.generation import count_prompt_tokens
         from vlm.messages import normalise
 
         normed, images = normalise(msgs, engine.vlm.limits)
-        assert engine.count_prompt_tokens(normed, len(images)) == prepared.prompt_tokens
+        assert count_prompt_tokens(engine.vlm.model, engine.vlm.processor, normed, len(images)) == prepared.prompt_tokens
 
 
 def test_retry_after_is_the_drain_estimate_and_cancelled_waiters_free_their_slot(tiny_vlm):

@@ -18,9 +18,6 @@ from PIL import Image
 from _serve_server import Server, png_data_url
 
 pytestmark = pytest.mark.real
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 RUNS = Path("/work/runs/serve")
 OTHER_ANIMALS = ("dog", "puppy", "animal", "cat", "horse", "cow", "sheep", "bird")
 
@@ -119,18 +116,6 @@ def test_two_images_in_one_message(client, data_dir, dog_records, other_records)
 
 
 # -- the browser ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
 _WATCH_PROGRESS = """() => { window.__sawProgress = false;
     new MutationObserver(() => { if (document.body.innerText.includes('Indexing')) window.__sawProgress = true; })
         .observe(document.body, {subtree: true, childList: true, characterData: true}); }"""

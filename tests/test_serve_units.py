@@ -13,7 +13,7 @@ from PIL import Image
 
 from vlm.serve.config import RemoteImagePolicy, ServeConfig
 from vlm.serve.errors import BadRequest, Busy, ContextTooLong, Flagged, ShuttingDown, Timeout, TooLarge
-from vlm.config import InputLimits
+from vlm.config import GenerationOptions, InputLimits
 
 
 # -- config ---------------------------------------------------------------------------------------------
@@ -226,12 +226,12 @@ def test_engine_prepare_checks_limits(tiny_vlm):
     try:
         img = Image.new("RGB", (40, 30), (200, 10, 10))
         prep = eng.prepare_chat([{"role": "user", "content": [{"type": "image", "image": img},
-                                                               {"type": "text", "text": "hi"}]}], max_tokens=5)
+                                                               {"type": "text", "text": "hi"}]}], GenerationOptions(max_new_tokens=5))
         assert prep.images == 1 and prep.prompt_tokens > 16 and prep.options.max_new_tokens == 5
         with pytest.raises(ContextTooLong, match="allows 80"):
             eng.prepare_chat([{"role": "user", "content": "word " * 100}])
         with pytest.raises(ContextTooLong, match="context is 512"):
-            eng.prepare_chat([{"role": "user", "content": "hi"}], max_tokens=510)
+            eng.prepare_chat([{"role": "user", "content": "hi"}], GenerationOptions(max_new_tokens=510))
         with pytest.raises(BadRequest, match="placeholder"):
             eng.prepare_chat([{"role": "user", "content": "<image> where is it?"}])
         default = eng.prepare_chat([{"role": "user", "content": "hi"}])
@@ -267,8 +267,8 @@ def test_engine_queue_full_and_shutdown(tiny_vlm):
 def test_engine_stream_cancel_and_timeout(tiny_vlm):
     eng = _engine(tiny_vlm, request_timeout_s=30)
     try:
-        prep = eng.prepare_chat([{"role": "user", "content": "Tell me a story."}], max_tokens=400, temperature=1.0,
-                                seed=3)
+        prep = eng.prepare_chat([{"role": "user", "content": "Tell me a story."}],
+                                GenerationOptions(max_new_tokens=400, temperature=1.0, seed=3))
         job = eng.submit_chat(prep)
         pieces = []
         for piece in job:
@@ -279,12 +279,13 @@ def test_engine_stream_cancel_and_timeout(tiny_vlm):
         assert done.finish_reason == "cancelled" and done.completion_tokens < 400
         assert len(pieces) < 50
 
-        prep = eng.prepare_chat([{"role": "user", "content": "Tell me a story."}], max_tokens=400, temperature=1.0)
+        prep = eng.prepare_chat([{"role": "user", "content": "Tell me a story."}],
+                                GenerationOptions(max_new_tokens=400, temperature=1.0))
         job = eng.submit(lambda j: eng._generate(j, prep), timeout_s=0.3)
         list(job)
         assert job.result.finish_reason == "timeout"
 
-        prep = eng.prepare_chat([{"role": "user", "content": "Hi"}], max_tokens=6, temperature=1.0, seed=1)
+        prep = eng.prepare_chat([{"role": "user", "content": "Hi"}], GenerationOptions(max_new_tokens=6, temperature=1.0, seed=1))
         done = eng.submit_chat(prep).wait()
         assert done.completion_tokens <= 6
         assert done.finish_reason == ("length" if done.completion_tokens == 6 else "stop")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import replace
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from .config import GenerationOptions, InputLimits
 from .grounding import GroundingOptions, ground
 from .images import ImageInput
 from .messages import normalise, user_turn
-from .generation import Prepared
+from .errors import ContextLengthError
+from .generation import Prepared, Tally
 from .optimize import InferenceState
 from .loading import load_model
 
@@ -124,42 +126,78 @@ class VLM:
         return apply(self, (options or InferenceOptions()).with_(**levers) if levers else options)
 
     # -- generation ---------------------------------------------------------------------------
-    def prepare_messages(self, messages: list[dict], ocr=None, answer_tokens: int = 0) -> tuple[list[dict], list]:
-        """``(template messages, images)`` of a conversation: checked (:func:`vlm.messages.normalise`), with
-        each image's OCR text beside it as ``ocr`` says (:mod:`vlm.grounding`; None: ``self.grounding``), in
-        the room the context has left after the rest of the prompt and ``answer_tokens``."""
+    def prepare_messages(self, messages: list[dict], ocr=None, answer_tokens: int = 0, screen=None,
+                         max_prompt_tokens: int | None = None) -> tuple[list[dict], list]:
+        """``(template messages, images)`` of a conversation: checked (:func:`vlm.messages.normalise`), its images
+        passed to ``screen`` (if given) once loaded, then each image's OCR text put beside it as ``ocr`` says
+        (:mod:`vlm.grounding`; None: ``self.grounding``), in the room the context has left after the rest of the
+        prompt and ``answer_tokens`` (and under ``max_prompt_tokens``)."""
         normed, images = normalise(messages, self.limits)
+        if screen is not None:
+            screen(images)
         grounding = GroundingOptions.resolve(self.grounding, ocr)
         if grounding.ocr == "never" or not images:
             return normed, images
-        room = generation.context_length(self.model) - answer_tokens - generation.count_prompt_tokens(
-            self.model, self.processor, normed, len(images))
+        base = generation.count_prompt_tokens(self.model, self.processor, normed, len(images))
+        room = generation.context_length(self.model) - answer_tokens - base
+        if max_prompt_tokens is not None:
+            room = min(room, max_prompt_tokens - base)
         return ground(normed, images, grounding, self.processor.tokenizer, room=room).messages, images
 
-    def prepare(self, conversations: list[list[dict]], options: GenerationOptions | None = None, ocr=None,
+    def prepare(self, conversations: list[list[dict]], options: GenerationOptions | None = None, ocr=None, *,
+                screen=None, max_prompt_tokens: int | None = None, fit_answer: bool = False, answer_format=None,
                 **gen) -> Prepared:
         """Check and encode conversations (images loaded and processed, OCR text put beside them as ``ocr``
         says): the batch, its options, and each conversation's prompt length in tokens, image tokens included.
-        Input errors surface here."""
+        Input errors surface here; a prompt too long is a :class:`vlm.errors.ContextLengthError`.
+
+        ``screen``: called with each conversation's loaded images before anything else reads them (a server's
+        moderation); it raises to refuse. ``max_prompt_tokens``: the longest prompt accepted (OCR text only gets
+        the room under it). ``fit_answer``: ``max_new_tokens`` is an upper bound, lowered to what the context
+        leaves after the longest prompt; without it, a prompt that leaves less is an error. ``answer_format``: a
+        ``vlm.extract.structured.answer_machine``: the answer is JSON that it accepts (constrained decoding)."""
         opts = GenerationOptions.from_kwargs(options, **gen)
         from .video import expand_videos
 
         conversations = [expand_videos(c, self.video, self.limits) for c in conversations]
-        normed, images = zip(*(self.prepare_messages(c, ocr, opts.max_new_tokens) for c in conversations))
+        normed, images = zip(*(self.prepare_messages(c, ocr, opts.max_new_tokens, screen, max_prompt_tokens)
+                               for c in conversations))
+        counts = [generation.count_prompt_tokens(self.model, self.processor, c, len(i)) for c, i in zip(normed, images)]
+        longest = max(counts)
+        if max_prompt_tokens is not None and longest > max_prompt_tokens:
+            raise ContextLengthError(f"prompt is {longest} tokens (images included); the limit is {max_prompt_tokens}",
+                                     prompt_tokens=longest, limit=max_prompt_tokens)
+        if fit_answer:
+            context = generation.context_length(self.model)
+            if context - longest < 1:
+                raise ContextLengthError(
+                    f"prompt is {longest} tokens (images included), which leaves no room for an answer: the model's "
+                    f"context is {context} tokens", prompt_tokens=longest, context=context)
+            opts = replace(opts, max_new_tokens=min(opts.max_new_tokens, context - longest))
         batch = generation.encode(self.model, self.processor, list(normed), list(images), opts)
         lengths = [int(n) for n in batch["attention_mask"].sum(dim=1)]
-        return Prepared(batch, opts, lengths, [len(i) for i in images])
+        prepared = Prepared(batch, opts, lengths, [len(i) for i in images])
+        if answer_format is not None:
+            from .extract.structured import answer_processor
 
-    def generate(self, prepared: Prepared, cancel: threading.Event | None = None) -> list[str]:
-        """The answers of a prepared batch, in order."""
-        return generation.generate(self.model, self.processor, prepared.batch, prepared.options, cancel,
-                                   self.inference.prefix_cache)
+            proc = answer_processor(self.model, self.processor.tokenizer, answer_format, prepared.prompt_width)
+            prepared.logits_processors, prepared.eos_token_ids = [proc], proc.eos_ids
+        return prepared
 
-    def generate_stream(self, prepared: Prepared, cancel: threading.Event | None = None) -> Iterator[str]:
+    def generate(self, prepared: Prepared, cancel: threading.Event | None = None, tally: Tally | None = None) -> list[str]:
+        """The answers of a prepared batch, in order. ``tally`` (a :class:`vlm.generation.Tally`): filled with the
+        generated token ids."""
+        return generation.generate(self.model, self.processor, prepared, cancel, self.inference.prefix_cache, tally)
+
+    def generate_stream(self, prepared: Prepared, cancel: threading.Event | None = None,
+                        tally: Tally | None = None) -> Iterator[str]:
         """The answer of a prepared single conversation, in pieces as they are decoded (see
         :func:`vlm.generation.stream`)."""
-        return generation.stream(self.model, self.processor, prepared.batch, prepared.options, cancel,
-                                 self.inference.prefix_cache)
+        return generation.stream(self.model, self.processor, prepared, cancel, self.inference.prefix_cache, tally)
+
+    def eos_token_ids(self) -> list[int]:
+        """The ids that end an answer (the model's generation config and the tokenizer's)."""
+        return generation.eos_token_ids(self.model, self.processor.tokenizer)
 
     # ``ocr``: "auto" | "always" | "never" or a GroundingOptions, for this call (default: ``self.grounding``,
     # "auto": an image's OCR text goes into the prompt when OCR finds real text on it; see vlm.grounding).

@@ -6,6 +6,19 @@ class InputError(ValueError):
     """A request vlm cannot serve as given (bad image, prompt too long, placeholder mismatch...)."""
 
 
+class ContextLengthError(InputError):
+    """A prompt that leaves no room for the answer it asks for, or is longer than a limit the caller set.
+
+    Carries the numbers so a caller can phrase the problem in its own terms: ``prompt_tokens`` (images
+    included), ``answer_tokens`` (the answer budget asked for; None when none was), ``context`` (the model's)
+    and ``limit`` (the caller's prompt limit, when that is what was exceeded)."""
+
+    def __init__(self, message: str, *, prompt_tokens: int, answer_tokens: int | None = None,
+                 context: int | None = None, limit: int | None = None):
+        super().__init__(message)
+        self.prompt_tokens, self.answer_tokens, self.context, self.limit = prompt_tokens, answer_tokens, context, limit
+
+
 class ImageError(InputError):
     """An image that is missing, unreadable, corrupt, empty or too large."""
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from .config import GenerationOptions
-from .errors import InputError
+from .errors import ContextLengthError
 from .messages import check_placeholders
 from .optimize import cache_kwarg
 
@@ -24,6 +24,42 @@ class Prepared:
     options: GenerationOptions
     prompt_tokens: list[int]  # per conversation, image tokens included
     images: list[int]  # images per conversation
+    logits_processors: list = field(default_factory=list)  # this request's own (a JSON grammar), after the options'
+    eos_token_ids: list[int] | None = None  # ends the answer (None: the model's end-of-sequence ids)
+
+    @property
+    def prompt_width(self) -> int:
+        """The padded prompt length: generated tokens start at this position."""
+        return int(self.batch["input_ids"].shape[1])
+
+
+class Tally(StoppingCriteria):
+    """Watches decoding without stopping it: the token ids generated so far, per row (end-of-sequence
+    included). Pass one to :func:`generate` / :func:`stream` to learn how many tokens an answer took and how
+    it ended."""
+
+    def __init__(self):
+        self.prompt_width = 0
+        self.ids: torch.Tensor | None = None
+
+    def start(self, prompt_width: int) -> None:
+        self.prompt_width, self.ids = prompt_width, None
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.ids = input_ids[:, self.prompt_width:]
+        return torch.zeros((input_ids.shape[0],), dtype=torch.bool, device=input_ids.device)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens generated for the (first) row."""
+        return 0 if self.ids is None else int(self.ids.shape[1])
+
+    def row(self, i: int = 0) -> list[int]:
+        return [] if self.ids is None else self.ids[i].tolist()
+
+    @property
+    def last_token(self) -> int | None:
+        return None if self.ids is None or self.ids.shape[1] == 0 else int(self.ids[0, -1])
 
 
 class CancelCriteria(StoppingCriteria):
@@ -63,6 +99,25 @@ def context_length(model) -> int:
     return int(getattr(model.config.text_config, "max_position_embeddings", 2048))
 
 
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every end-of-sequence id of the model's generation config and the tokenizer, in that order."""
+    ids: list[int] = []
+    for source in (model.generation_config.eos_token_id, tokenizer.eos_token_id):
+        if source is None:
+            continue
+        for i in source if isinstance(source, (list, tuple)) else [source]:
+            if int(i) not in ids:
+                ids.append(int(i))
+    return ids
+
+
+def finish_reason(prepared: Prepared, tally: Tally, eos_ids: list[int]) -> str:
+    """``length`` when the answer used its whole budget without ending itself, else ``stop``."""
+    if tally.tokens >= prepared.options.max_new_tokens and tally.last_token not in (prepared.eos_token_ids or eos_ids):
+        return "length"
+    return "stop"
+
+
 def count_prompt_tokens(model, processor, conversation: list[dict], n_images: int) -> int:
     """Prompt tokens of a normalised conversation, image tokens included, without processing images."""
     text = processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
@@ -82,10 +137,10 @@ def encode(model, processor, conversations: list[list[dict]], images: list[list]
     limit = context_length(model)
     longest = int(batch["attention_mask"].sum(-1).max())
     if longest + opts.max_new_tokens > limit:
-        raise InputError(
+        raise ContextLengthError(
             f"prompt is {longest} tokens (images included) and max_new_tokens is {opts.max_new_tokens}; "
-            f"the model's context is {limit} tokens"
-        )
+            f"the model's context is {limit} tokens", prompt_tokens=longest, answer_tokens=opts.max_new_tokens,
+            context=limit)
     if "pixel_values" in batch:
         batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
     return batch
@@ -142,8 +197,26 @@ def _with_prefix(model, batch, kwargs: dict, cache) -> dict:
     return kwargs
 
 
-def _batch_kwargs(model, processor, batch, opts: GenerationOptions, prefix_cache) -> dict:
-    return _with_prefix(model, batch, generate_kwargs(model, processor, opts, batch["input_ids"].shape[1]), prefix_cache)
+def _request_kwargs(model, processor, prepared: Prepared, prefix_cache, criteria: list) -> dict:
+    """``generate`` keyword arguments of a prepared request: its options, its own logits processors and end
+    ids, the stopping criteria given, and the prompt-prefix cache where it applies."""
+    kwargs = generate_kwargs(model, processor, prepared.options, prepared.prompt_width)
+    if prepared.logits_processors:
+        kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []),
+                                                          *prepared.logits_processors])
+    if prepared.eos_token_ids:
+        kwargs["eos_token_id"] = list(prepared.eos_token_ids)
+    if criteria:
+        kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
+    return _with_prefix(model, prepared.batch, kwargs, prefix_cache)
+
+
+def _criteria(prepared: Prepared, cancel: threading.Event | None, tally: Tally | None) -> list:
+    out = [CancelCriteria(cancel)] if cancel is not None else []
+    if tally is not None:
+        tally.start(prepared.prompt_width)
+        out.append(tally)
+    return out
 
 
 class _FirstStep(StoppingCriteria):
@@ -178,37 +251,36 @@ def _run_generate(model, batch, kwargs: dict, prefix_cache):
         return model.generate(**batch, **{k: v for k, v in kwargs.items() if k != key})
 
 
-def generate(model, processor, batch, opts: GenerationOptions, cancel: threading.Event | None = None,
-             prefix_cache=None) -> list[str]:
-    """Greedy/sampled/beam answers of a batch. ``prefix_cache``: a ``vlm.optimize.PromptPrefixCache`` to start
-    single prompts from (the ``VLM``'s, ``vlm.inference.prefix_cache``), or None."""
-    kwargs = _batch_kwargs(model, processor, batch, opts, prefix_cache)
-    if cancel is not None:
-        kwargs["stopping_criteria"] = StoppingCriteriaList([CancelCriteria(cancel)])
-    with torch.inference_mode(), _seeded(opts.seed):
-        out = _run_generate(model, batch, kwargs, prefix_cache)
-    new = out[:, batch["input_ids"].shape[1]:]
-    texts = processor.tokenizer.batch_decode(new, skip_special_tokens=True)
-    return [trim_stop(t, opts.stop).strip() for t in texts]
+def generate(model, processor, prepared: Prepared, cancel: threading.Event | None = None, prefix_cache=None,
+             tally: Tally | None = None) -> list[str]:
+    """Greedy/sampled/beam answers of a prepared batch. ``prefix_cache``: a ``vlm.optimize.PromptPrefixCache``
+    to start single prompts from (the ``VLM``'s, ``vlm.inference.prefix_cache``), or None. ``tally``: filled
+    with the generated token ids."""
+    kwargs = _request_kwargs(model, processor, prepared, prefix_cache, _criteria(prepared, cancel, tally))
+    with torch.inference_mode(), _seeded(prepared.options.seed):
+        out = _run_generate(model, prepared.batch, kwargs, prefix_cache)
+    texts = processor.tokenizer.batch_decode(out[:, prepared.prompt_width:], skip_special_tokens=True)
+    return [trim_stop(t, prepared.options.stop).strip() for t in texts]
 
 
-def stream(model, processor, batch, opts: GenerationOptions, cancel: threading.Event | None = None,
-           prefix_cache=None) -> Iterator[str]:
-    """Yield text pieces as they are decoded. Closing the iterator (or setting ``cancel``) stops decoding.
-    Beam search only knows its answer at the end: it comes as one piece."""
+def stream(model, processor, prepared: Prepared, cancel: threading.Event | None = None, prefix_cache=None,
+           tally: Tally | None = None) -> Iterator[str]:
+    """Yield text pieces of a prepared single conversation as they are decoded. Closing the iterator (or
+    setting ``cancel``) stops decoding. Beam search only knows its answer at the end: it comes as one piece."""
     cancel = cancel or threading.Event()
+    opts = prepared.options
     if opts.num_beams > 1:
-        yield from generate(model, processor, batch, opts, cancel, prefix_cache)
+        yield from generate(model, processor, prepared, cancel, prefix_cache, tally)
         return
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = _batch_kwargs(model, processor, batch, opts, prefix_cache)
-    kwargs.update(streamer=streamer, stopping_criteria=StoppingCriteriaList([CancelCriteria(cancel)]))
+    kwargs = _request_kwargs(model, processor, prepared, prefix_cache, _criteria(prepared, cancel, tally))
+    kwargs["streamer"] = streamer
     errors: list[BaseException] = []
 
     def run():
         try:
             with torch.inference_mode(), _seeded(opts.seed):
-                _run_generate(model, batch, kwargs, prefix_cache)
+                _run_generate(model, prepared.batch, kwargs, prefix_cache)
         except BaseException as exc:  # re-raised in the consumer's thread
             errors.append(exc)
             streamer.end()

@@ -365,13 +365,8 @@ class ImageIndex:
                 if is_video(path):
                     self._add_video(path, meta, video_every_s, batch_size, report, seen)
                     continue
-                try:
-                    data = path.read_bytes()
-                except OSError as exc:
-                    report.failed.append((str(path), f"cannot read: {exc.strerror or exc}"))
-                    continue
-                if len(str(path)) > MAX_PATH:
-                    report.failed.append((str(path), f"path longer than {MAX_PATH} characters"))
+                data = _read_source(path, report)
+                if data is None:
                     continue
                 hashed.append((path, hashlib.sha256(data).hexdigest(), data))
             present = self._existing([h for _, h, _ in hashed])
@@ -403,13 +398,8 @@ class ImageIndex:
         """The frames of one video every ``every`` seconds, as entries with their times (module docstring)."""
         from .video import VideoError, interval_times, iter_frames, probe
 
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            report.failed.append((str(path), f"cannot read: {exc.strerror or exc}"))
-            return
-        if len(str(path)) > MAX_PATH:
-            report.failed.append((str(path), f"path longer than {MAX_PATH} characters"))
+        data = _read_source(path, report)
+        if data is None:
             return
         digest = hashlib.sha256(data).hexdigest()
         if digest in seen:
@@ -502,3 +492,16 @@ class ImageIndex:
 
     def __iter__(self) -> Iterator[dict]:
         return iter(self.entries())
+
+
+def _read_source(path: Path, report: AddReport) -> bytes | None:
+    """The bytes of an image or video to index, or None with the reason put in ``report.failed``."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        report.failed.append((str(path), f"cannot read: {exc.strerror or exc}"))
+        return None
+    if len(str(path)) > MAX_PATH:
+        report.failed.append((str(path), f"path longer than {MAX_PATH} characters"))
+        return None
+    return data

@@ -46,7 +46,7 @@ class TextLLM:
                                                   add_generation_prompt=True)
 
     def _stop_ids(self) -> set[int]:
-        from vlm.extract.constrained import eos_token_ids
+        from vlm.generation import eos_token_ids
 
         return set(eos_token_ids(self.model, self.tokenizer))
 

@@ -1,34 +1,29 @@
 """The ``vlm`` command. Each subcommand lives in its own module with ``HELP``, ``add_arguments`` and ``run``.
 
-Modules are imported to build the parser, so they keep heavy imports (torch, transformers) inside ``run``.
+The modules are imported (plainly: the import graph shows what the CLI wires) to build the parser, so they keep
+heavy imports (torch, transformers) inside ``run``.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-COMMANDS: dict[str, str] = {
-    "bench": "vlm.cli.bench",
-    "ask": "vlm.cli.ask",
-    "info": "vlm.cli.info",
-    "eval": "vlm.cli.eval",
-    "extract": "vlm.cli.extract",
-    "ocr": "vlm.cli.ocr",
-    "classify": "vlm.cli.classify",
-    "index": "vlm.cli.index",
-    "export": "vlm.train.export",
-    "train": "vlm.train.cli",
-    "serve": "vlm.cli.serve",
-    "prep": "vlm.prep.cli",
+from vlm.prep import cli as prep_cli
+from vlm.train import cli as train_cli
+from vlm.train import export
+
+from . import ask, bench, classify, eval, extract, index, info, ocr, serve
+
+COMMANDS = {
+    "bench": bench, "ask": ask, "info": info, "eval": eval, "extract": extract, "ocr": ocr, "classify": classify,
+    "index": index, "export": export, "train": train_cli, "serve": serve, "prep": prep_cli,
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlm", description="LLaVA-style vision-language assistant")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(module_name)
+    for name, module in COMMANDS.items():
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(cmd)
         cmd.set_defaults(_run=module.run)

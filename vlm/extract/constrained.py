@@ -330,18 +330,6 @@ class JsonObjectMachine:
 
 
 # -- tokens ----------------------------------------------------------------------------------------
-def eos_token_ids(model, tokenizer) -> list[int]:
-    """Every end-of-sequence id of the model's generation config and the tokenizer, in that order."""
-    ids: list[int] = []
-    for source in (model.generation_config.eos_token_id, tokenizer.eos_token_id):
-        if source is None:
-            continue
-        for i in source if isinstance(source, (list, tuple)) else [source]:
-            if int(i) not in ids:
-                ids.append(int(i))
-    return ids
-
-
 class TokenTexts:
     """The text each token id adds when decoded after other text (``None`` for special/partial tokens)."""
 

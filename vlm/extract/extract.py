@@ -18,16 +18,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import torch
-from transformers import LogitsProcessorList
-
 from .. import generation
 from ..config import GenerationOptions
 from ..documents import iter_pages
 from ..errors import InputError
-from ..messages import normalise, user_turn
+from ..messages import user_turn
 from ..ocr import OcrEngine, OcrLine, check_engine, run_ocr
-from .constrained import JsonLogitsProcessor, JsonObjectMachine, ValueRule, eos_token_ids, token_texts
+from .constrained import JsonObjectMachine, ValueRule
 from .patterns import candidates
 from .prompts import Template, fields_prompt, format_ocr, freeform_prompt, get_template
 from .schema import DocSchema, coerce, resolve_schema, validate
@@ -60,10 +57,6 @@ def _prompt(doc: DocSchema, ocr_text: str) -> str:
     if doc.freeform:
         return freeform_prompt(ocr_text)
     return fields_prompt(doc.names, ocr_text, doc.descriptions)
-
-
-def _eos_ids(vlm) -> list[int]:
-    return eos_token_ids(vlm.model, vlm.processor.tokenizer)
 
 
 def _prompt_tokens(vlm, prompt: str) -> int:
@@ -102,21 +95,16 @@ def extract_page(vlm, image, lines: list[OcrLine], doc: DocSchema, opts: Generat
     if not ocr_text.strip():
         return {} if doc.freeform else doc.empty()
     shown = fit_ocr_text(vlm, doc, ocr_text, opts.max_new_tokens)
-    normed, images = normalise(user_turn(image, _prompt(doc, shown)), vlm.limits)
-    batch = generation.encode(vlm.model, vlm.processor, [normed], [images], opts)
-    prompt_length = batch["input_ids"].shape[1]
-    machine = _machine(doc, ocr_text if ground else None)
-    eos = _eos_ids(vlm)
-    proc = JsonLogitsProcessor(machine, token_texts(vlm.processor.tokenizer), eos, prompt_length)
     # the grammar decides what may follow: only the sampling options carry over (no stop strings,
-    # repetition rules or beams to fight it)
+    # repetition rules or beams to fight it); the OCR text is in the prompt already
     plain = GenerationOptions(max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, top_p=opts.top_p,
                               seed=opts.seed)
-    kwargs = generation.generate_kwargs(vlm.model, vlm.processor, plain)
-    kwargs.update(logits_processor=LogitsProcessorList([proc]), eos_token_id=eos)
-    with torch.inference_mode(), generation._seeded(opts.seed):
-        out = vlm.model.generate(**batch, **kwargs)
-    return proc.values(out[0, prompt_length:].tolist())
+    machine = _machine(doc, ocr_text if ground else None)
+    prepared = vlm.prepare([user_turn(image, _prompt(doc, shown))], plain, ocr="never", answer_format=machine)
+    tally = generation.Tally()
+    vlm.generate(prepared, tally=tally)
+    (proc,) = prepared.logits_processors
+    return proc.values(tally.row())
 
 
 def _typed(doc: DocSchema, raw: dict) -> dict:

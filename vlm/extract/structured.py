@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .constrained import JsonLogitsProcessor, JsonObjectMachine, ValueRule, eos_token_ids, token_texts
+from ..generation import eos_token_ids
+from .constrained import JsonLogitsProcessor, JsonObjectMachine, ValueRule, token_texts
 from .schema import SchemaError, from_json_schema
 
 # Keywords of the object itself and of each property that the decoder guarantees or that only annotate.

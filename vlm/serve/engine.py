@@ -1,7 +1,7 @@
 """One model shared by the UI and the API, behind a bounded queue.
 
-``Engine.prepare_chat`` checks a conversation (images, moderation, prompt length) and tokenises it in
-the caller's thread, so bad requests fail fast. ``Engine.submit`` admits a job if fewer than
+``Engine.prepare_chat`` checks a conversation (images, moderation, prompt length) and encodes it through
+:meth:`vlm.VLM.prepare` in the caller's thread, so bad requests fail fast. ``Engine.submit`` admits a job if fewer than
 ``concurrency + queue_size`` are in flight (else :class:`Busy`, 429, whose ``Retry-After`` is the queue's
 drain estimate: jobs ahead x recent mean job time / concurrency); ``concurrency`` worker threads run them.
 Every job has a cancel Event: the Stop button, a client that disconnects, the per-request timeout (counted
@@ -31,9 +31,7 @@ from typing import Any
 
 from vlm import generation
 from vlm.config import GenerationOptions
-from vlm.errors import InputError
-from vlm.grounding import GroundingOptions, ground
-from vlm.messages import normalise
+from vlm.errors import ContextLengthError, InputError
 
 from .config import ServeConfig
 from .errors import BadRequest, Busy, ContextTooLong, Internal, ServeError, ShuttingDown, Timeout
@@ -126,15 +124,28 @@ class Job:
 
 
 @dataclass
-class Prepared:
-    """A checked, tokenised conversation ready to generate from."""
+class ChatRequest:
+    """A checked, encoded chat request (:meth:`vlm.VLM.prepare`), and what the server reports about it."""
 
-    batch: Any
-    options: GenerationOptions
-    prompt_tokens: int
-    images: int
-    request_id: str | None = None
+    prepared: generation.Prepared
+    request_id: str
     answer_format: Any = None  # a vlm.extract.structured machine: the answer is JSON it accepts
+
+    @property
+    def options(self) -> GenerationOptions:
+        return self.prepared.options
+
+    @property
+    def batch(self):
+        return self.prepared.batch
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.prepared.prompt_tokens[0]
+
+    @property
+    def images(self) -> int:
+        return self.prepared.images[0]
 
 
 @dataclass
@@ -217,78 +228,39 @@ class Engine:
         return max(1, math.ceil(ahead * mean / self.config.concurrency))
 
     # -- preparing -------------------------------------------------------------------------------
-    def count_prompt_tokens(self, normed: list[dict], n_images: int) -> int:
-        """Prompt tokens of a normalised conversation, image tokens included, without processing images."""
-        return generation.count_prompt_tokens(self.vlm.model, self.vlm.processor, normed, n_images)
+    def default_options(self) -> GenerationOptions:
+        """What a request that sets nothing gets: greedy, the server's default answer budget."""
+        return GenerationOptions(max_new_tokens=min(self.config.default_max_tokens, self.config.max_tokens_cap))
 
-    def _answer_budget(self, prompt_tokens: int, max_tokens: int | None) -> int:
-        """The answer's token budget, or :class:`ContextTooLong` / :class:`BadRequest` with the real numbers."""
-        context = generation.context_length(self.vlm.model)
-        cap = self.config.max_prompt_tokens
-        if cap is not None and prompt_tokens > cap:
-            raise ContextTooLong(
-                f"prompt is {prompt_tokens} tokens (images included); this server allows {cap}", param="messages"
-            )
-        if max_tokens is not None and max_tokens > self.config.max_tokens_cap:
-            raise BadRequest(f"max_tokens is {max_tokens}; this server allows at most {self.config.max_tokens_cap}",
-                             param="max_tokens")
-        room = context - prompt_tokens
-        if max_tokens is None:
-            if room < 1:
-                raise ContextTooLong(f"prompt is {prompt_tokens} tokens (images included), which leaves no room for "
-                                     f"an answer: the model's context is {context} tokens", param="messages")
-            return min(self.config.default_max_tokens, self.config.max_tokens_cap, room)
-        if max_tokens > room:
-            raise ContextTooLong(
-                f"prompt is {prompt_tokens} tokens (images included) and max_tokens is {max_tokens}; "
-                f"the model's context is {context} tokens", param="messages",
-            )
-        return max_tokens
+    def prepare_chat(self, messages: list[dict], options: GenerationOptions | None = None, *, fit_answer: bool = False,
+                     answer_format=None, request_id: str | None = None, ocr=None) -> ChatRequest:
+        """Check a conversation (images loaded and screened by the moderator before OCR reads them, prompt
+        length) and encode it, through :meth:`vlm.VLM.prepare`, in the caller's thread.
 
-    def prepare_chat(self, messages: list[dict], *, max_tokens: int | None = None, temperature: float | None = None,
-                     top_p: float | None = None, seed: int | None = None, stop: list[str] | None = None,
-                     repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
-                     answer_format=None, request_id: str | None = None, ocr=None) -> Prepared:
-        """Load and screen the images, build the prompt and settle the answer budget.
-
-        ``answer_format``: a ``vlm.extract.structured`` machine the answer must be accepted by (JSON).
-        ``ocr``: "auto" / "always" / "never": OCR text beside each image (``vlm.grounding``; None: the model's
-        default). Images are screened before OCR runs on them."""
+        ``options``: None means :meth:`default_options` with the answer budget lowered to what the context leaves
+        (as does ``fit_answer``: the client set no budget); given, its ``max_new_tokens`` is the client's, refused
+        when the context has no room for it. ``answer_format``: a ``vlm.extract.structured`` machine the answer
+        must be accepted by (JSON). ``ocr``: "auto" / "always" / "never" (None: the model's default)."""
         request_id = request_id or new_request_id()
-        model, processor = self.vlm.model, self.vlm.processor
+        if options is None:
+            options, fit_answer = self.default_options(), True
+        cap = self.config.max_tokens_cap
+        if options.max_new_tokens > cap:
+            raise BadRequest(f"max_tokens is {options.max_new_tokens}; this server allows at most {cap}",
+                             param="max_tokens")
         try:
-            try:
-                opts = GenerationOptions(
-                    max_new_tokens=1, temperature=0.0 if temperature is None else temperature,
-                    top_p=1.0 if top_p is None else top_p, seed=seed, stop=list(stop or []),
-                    repetition_penalty=1.0 if repetition_penalty is None else repetition_penalty,
-                    no_repeat_ngram_size=no_repeat_ngram_size or 0)
-            except ValueError as exc:  # GenerationOptions' own checks of the client's values
-                raise BadRequest(str(exc)) from None
-            normed, images = normalise(messages, self.vlm.limits)
-            if self.moderator is not None:
-                self.moderator.check(images)
-            grounding = GroundingOptions.resolve(self.vlm.grounding, ocr)
-            if grounding.ocr != "never" and images:  # the OCR text gets what the context has left
-                base = self.count_prompt_tokens(normed, len(images))
-                room = generation.context_length(model) - base - (
-                    max_tokens or min(self.config.default_max_tokens, self.config.max_tokens_cap))
-                if self.config.max_prompt_tokens is not None:
-                    room = min(room, self.config.max_prompt_tokens - base)
-                normed = ground(normed, images, grounding, processor.tokenizer, room=room).messages
-            budget = self._answer_budget(self.count_prompt_tokens(normed, len(images)), max_tokens)
-            opts.max_new_tokens = budget
-            batch = generation.encode(model, processor, [normed], [images], opts)
-            prompt_tokens = int(batch["attention_mask"].sum())
-            self._answer_budget(prompt_tokens, budget)  # the count above is exact; this keeps it honest
+            prepared = self.vlm.prepare(
+                [messages], options, ocr, screen=self.moderator.check if self.moderator is not None else None,
+                max_prompt_tokens=self.config.max_prompt_tokens, fit_answer=fit_answer, answer_format=answer_format)
         except ServeError:
             raise
+        except ContextLengthError as exc:
+            raise ContextTooLong(_context_message(exc), param="messages") from None
         except InputError as exc:  # vlm's own checks: a clear message about the client's input
             raise BadRequest(str(exc), param="messages") from None
         except Exception as exc:
             raise self.internal_error(exc, request_id, "preparing the prompt") from None
-        return Prepared(batch=batch, options=opts, prompt_tokens=prompt_tokens, images=len(images),
-                        request_id=request_id, answer_format=answer_format)
+        return ChatRequest(prepared, request_id, answer_format)
 
     # -- running ---------------------------------------------------------------------------------
     def submit(self, work: Callable[[Job], Any], loop: asyncio.AbstractEventLoop | None = None,
@@ -317,8 +289,8 @@ class Engine:
         timer.start()
         return job
 
-    def submit_chat(self, prepared: Prepared, loop=None) -> Job:
-        return self.submit(lambda job: self._generate(job, prepared), loop, request_id=prepared.request_id)
+    def submit_chat(self, request: ChatRequest, loop=None) -> Job:
+        return self.submit(lambda job: self._generate(job, request), loop, request_id=request.request_id)
 
     def _withdraw(self, job: Job) -> None:
         """A job stopped while waiting: out of the queue now, finished with the reason's error."""
@@ -333,32 +305,18 @@ class Engine:
             job.finish(error=error)
         job._timer.cancel()
 
-    def _generate(self, job: Job, prepared: Prepared) -> Completion:
-        served = _ServedModel.around(self.vlm.model)
-        if prepared.answer_format is not None:
-            from vlm.extract.structured import answer_processor
-
-            proc = answer_processor(self.vlm.model, self.vlm.processor.tokenizer, prepared.answer_format,
-                                    prepared.batch["input_ids"].shape[1])
-            served.processors.append(proc)
-            served.eos_ids = proc.eos_ids
+    def _generate(self, job: Job, request: ChatRequest) -> Completion:
+        tally = generation.Tally()  # exact usage: every generated token, the end-of-sequence one included
         text = ""
-        for piece in generation.stream(served, self.vlm.processor, prepared.batch, prepared.options, job.cancel,
-                                       self.vlm.inference.prefix_cache):
+        for piece in self.vlm.generate_stream(request.prepared, job.cancel, tally):
             text += piece
             job.emit(piece)
-        n = served.tokens
-        if job.reason is not None:
-            reason = job.reason
-        elif n >= prepared.options.max_new_tokens and served.last_token not in _eos_ids(self.vlm):
-            reason = "length"
-        else:
-            reason = "stop"
-        if prepared.answer_format is not None and reason == "stop":
+        reason = job.reason or generation.finish_reason(request.prepared, tally, self.vlm.eos_token_ids())
+        if request.answer_format is not None and reason == "stop":
             from vlm.extract.structured import parse_answer
 
             parse_answer(text)  # the decoder guarantees it; if not, that is a server bug: fail loudly
-        return Completion(text=text.strip(), prompt_tokens=prepared.prompt_tokens, completion_tokens=n,
+        return Completion(text=text.strip(), prompt_tokens=request.prompt_tokens, completion_tokens=tally.tokens,
                           finish_reason=reason)
 
     def _worker(self) -> None:
@@ -467,58 +425,14 @@ class Engine:
             w.join(max(0.0, deadline - time.monotonic()))
 
 
-class _ServedModel:
-    """The model, with ``generate`` wrapped to count the tokens the streamer is fed (exact usage, the
-    end-of-sequence token included) and to add this request's logits processors (structured answers).
-
-    ``generation.stream`` owns the decode loop; this lets the engine observe and steer it without a copy.
-    """
-
-    def __init__(self, model):
-        self._model = model
-        self.tokens = 0
-        self.last_token: int | None = None
-        self.processors: list = []
-        self.eos_ids: list[int] | None = None
-
-    @classmethod
-    def around(cls, model) -> "_ServedModel":
-        # Code that inspects ``type(model).forward`` (vlm.optimize.cache_kwarg) must see the model's forward.
-        return type(cls.__name__, (cls,), {"forward": type(model).forward})(model)
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def generate(self, *args, streamer=None, **kwargs):
-        if streamer is not None:
-            inner_put = getattr(streamer, "_vlm_put", streamer.put)
-            streamer._vlm_put = inner_put  # a retried generate wraps the original put, not our wrapper
-            seen_prompt = [False]
-
-            def put(value):
-                if seen_prompt[0]:
-                    flat = value.reshape(-1)
-                    self.tokens += int(flat.numel())
-                    self.last_token = int(flat[-1]) if flat.numel() else self.last_token
-                else:
-                    seen_prompt[0] = True  # the first call of each generate carries the prompt
-                inner_put(value)
-
-            streamer.put = put
-        if self.processors:
-            from transformers import LogitsProcessorList
-
-            kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []),
-                                                              *self.processors])
-        if self.eos_ids:
-            kwargs["eos_token_id"] = self.eos_ids
-        return self._model.generate(*args, streamer=streamer, **kwargs)
-
-
-def _eos_ids(vlm) -> set[int]:
-    from vlm.extract.constrained import eos_token_ids
-
-    return set(eos_token_ids(vlm.model, vlm.processor.tokenizer))
+def _context_message(exc: ContextLengthError) -> str:
+    """The client's view of a prompt too long: in the API's terms (max_tokens, this server's limit)."""
+    said = f"prompt is {exc.prompt_tokens} tokens (images included)"
+    if exc.limit is not None:
+        return f"{said}; this server allows {exc.limit}"
+    if exc.answer_tokens is None:
+        return f"{said}, which leaves no room for an answer: the model's context is {exc.context} tokens"
+    return f"{said} and max_tokens is {exc.answer_tokens}; the model's context is {exc.context} tokens"
 
 
 def _stopped_error(job: Job, retry_after: int = 1) -> ServeError:

@@ -284,11 +284,13 @@ class OpenAIRoutes:
                                 param="model")
         answer_format = self.answer_format(req)
         messages = await run_in_threadpool(self.to_vlm_messages, req)
+        try:
+            options = req.generation_options(self.engine.default_options())
+        except ValueError as exc:  # GenerationOptions' own checks of the client's values
+            raise BadRequest(str(exc)) from None
         prepared = await run_in_threadpool(
-            self.engine.prepare_chat, messages, max_tokens=req.answer_budget, temperature=req.temperature,
-            top_p=req.top_p, seed=req.seed, stop=req.stops, repetition_penalty=req.repetition_penalty,
-            no_repeat_ngram_size=req.no_repeat_ngram_size, answer_format=answer_format, request_id=rid, ocr=req.ocr,
-        )
+            self.engine.prepare_chat, messages, options, fit_answer=req.answer_budget is None,
+            answer_format=answer_format, request_id=rid, ocr=req.ocr)
         job = self.engine.submit_chat(prepared, loop=asyncio.get_running_loop())
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         if req.stream:

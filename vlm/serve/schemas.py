@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
+from vlm.config import GenerationOptions
+
 from .errors import BadRequest
 
 MAX_STOP_LENGTH = 128  # characters per stop sequence
@@ -183,6 +185,14 @@ class ChatCompletionRequest(_Strict):
     @property
     def answer_budget(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def generation_options(self, defaults: GenerationOptions) -> GenerationOptions:
+        """The request's decoding options: the one place the API's parameters map onto vlm's; what it leaves
+        unset comes from ``defaults`` (the server's). Raises ``ValueError`` for values vlm refuses."""
+        return GenerationOptions.from_kwargs(
+            defaults, max_new_tokens=self.answer_budget, temperature=self.temperature, top_p=self.top_p,
+            seed=self.seed, stop=self.stops or None, repetition_penalty=self.repetition_penalty,
+            no_repeat_ngram_size=self.no_repeat_ngram_size)
 
     @property
     def json_schema(self) -> tuple[bool, dict | None]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from vlm.config import GenerationOptions
 from vlm.grounding import OCR_MODES
 
 from .config import ServeConfig
@@ -163,10 +164,9 @@ class ChatUI:
         yield history
         session = getattr(request, "session_hash", None) or "anonymous"
         try:
-            prepared = self.engine.prepare_chat(
-                history_to_messages(history[:-1]), max_tokens=int(max_tokens), temperature=float(temperature),
-                top_p=float(top_p), ocr=ocr or None,
-            )
+            options = GenerationOptions(max_new_tokens=int(max_tokens), temperature=float(temperature),
+                                        top_p=float(top_p))
+            prepared = self.engine.prepare_chat(history_to_messages(history[:-1]), options, ocr=ocr or None)
             job = self.engine.submit_chat(prepared)
         except ServeError as err:
             history[-1]["content"] = ERROR_MARK + err.message

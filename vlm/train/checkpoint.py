@@ -217,3 +217,18 @@ def restore(accelerator, model, optimizer, scheduler, ckpt: Path) -> TrainerStat
     if rng_file.exists():
         set_rng_state(json.loads(rng_file.read_text()))
     return TrainerState(**json.loads((ckpt / "trainer_state.json").read_text()))
+
+
+def resume(accelerator, model, optimizer, scheduler, out: Path, log) -> TrainerState:
+    """``--resume``: the latest checkpoint under ``out`` restored (:func:`restore`), or a fresh state when there
+    is none; says which in ``log``, and warns when the thread count differs from the saved run's."""
+    ckpt = latest(out)
+    if ckpt is None:
+        log(f"--resume: no checkpoint under {out / 'checkpoints'}; starting from scratch")
+        return TrainerState()
+    state = restore(accelerator, model, optimizer, scheduler, ckpt)
+    log(f"resumed from {ckpt} (step {state.step}, epoch {state.epoch}, batch {state.batch_in_epoch})")
+    mismatch = thread_mismatch(state, torch.get_num_threads())
+    if mismatch:
+        log(f"warning: {mismatch}")
+    return state

@@ -180,17 +180,8 @@ def train(cfg: TrainConfig) -> dict:
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(total * cfg.warmup_ratio), total)
     wrapper, optimizer = accelerator.prepare(wrapper, optimizer)
 
-    state = checkpoint.TrainerState()
-    if cfg.resume:
-        ckpt = checkpoint.latest(out)
-        if ckpt is None:
-            log(f"--resume: no checkpoint under {out / 'checkpoints'}; starting from scratch")
-        else:
-            state = checkpoint.restore(accelerator, wrapper, optimizer, scheduler, ckpt)
-            log(f"resumed from {ckpt} (step {state.step}, epoch {state.epoch}, batch {state.batch_in_epoch})")
-            mismatch = checkpoint.thread_mismatch(state, torch.get_num_threads())
-            if mismatch:
-                log(f"warning: {mismatch}")
+    state = (checkpoint.resume(accelerator, wrapper, optimizer, scheduler, out, log) if cfg.resume
+             else checkpoint.TrainerState())
     state.threads = torch.get_num_threads()
     metrics = MetricsLog(out / "metrics.jsonl", state.step, main)
     setup_s = time.time() - t_setup

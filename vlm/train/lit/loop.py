@@ -208,15 +208,9 @@ def train(cfg: LitConfig, log=_print) -> dict:
     save_every = cfg.save_every or eval_every
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, total // 2), total)
-    state = checkpoint.TrainerState()
     best = json.loads((out / "best.json").read_text()) if cfg.resume and (out / "best.json").is_file() else None
-    if cfg.resume:
-        ckpt = checkpoint.latest(out)
-        if ckpt is None:
-            log(f"--resume: no checkpoint under {out / 'checkpoints'}; starting from scratch")
-        else:
-            state = checkpoint.restore(accelerator, model, optimizer, scheduler, ckpt)
-            log(f"resumed from {ckpt} (step {state.step}, epoch {state.epoch}, batch {state.batch_in_epoch})")
+    state = (checkpoint.resume(accelerator, model, optimizer, scheduler, out, log) if cfg.resume
+             else checkpoint.TrainerState())
     state.threads = torch.get_num_threads()
     metrics = MetricsLog(out / "metrics.jsonl", state.step, True)
     owner = torch.tensor(pairs["train"].owner)
