@@ -71,30 +71,47 @@ def test_ui_chat_with_the_ocr_setting(server, receipt, receipt_numbers):
 
 
 @pytest.mark.browser
-def test_browser_ocr_setting_grounds_the_answer(server, receipt, receipt_numbers):
-    from pathlib import Path
-
-    chromium = "/usr/bin/chromium"
-    if not Path(chromium).exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(server.url + "/", wait_until="domcontentloaded")
-        page.wait_for_selector("#chat-input textarea", timeout=60_000)
-        setting = page.locator("#ocr-mode")
-        assert setting.get_by_label("auto").is_checked()  # the model's default, shown
-        setting.get_by_label("always").check()
-        page.set_input_files("#chat-input input[type='file']", str(receipt))
-        page.wait_for_selector("#chat-input img", timeout=30_000)
-        page.locator("#chat-input textarea").fill(QUESTION)
-        page.locator("#chat-input textarea").press("Enter")
-        page.wait_for_function(
-            "() => { const b = document.querySelectorAll('#chatbot [data-testid=\"bot\"]');"
-            " return b.length && /\\d/.test(b[b.length - 1].innerText); }", timeout=300_000)
-        server.wait_idle(timeout=300)
-        answer = page.locator("#chatbot [data-testid='bot']").last.inner_text()
-        browser.close()
+def test_browser_ocr_setting_grounds_the_answer(server, browser, receipt, receipt_numbers):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(server.url + "/", wait_until="domcontentloaded")
+    page.wait_for_selector("#chat-input textarea", timeout=60_000)
+    setting = page.locator("#ocr-mode")
+    assert setting.get_by_label("auto").is_checked()  # the model's default, shown
+    setting.get_by_label("always").check()
+    page.set_input_files("#chat-input input[type='file']", str(receipt))
+    page.wait_for_selector("#chat-input img", timeout=30_000)
+    page.locator("#chat-input textarea").fill(QUESTION)
+    page.locator("#chat-input textarea").press("Enter")
+    page.wait_for_function(
+        "() => { const b = document.querySelectorAll('#chatbot [data-testid=\"bot\"]');"
+        " return b.length && /\\d/.test(b[b.length - 1].innerText); }", timeout=300_000)
+    server.wait_idle(timeout=300)
+    answer = page.locator("#chatbot [data-testid='bot']").last.inner_text()
+    page.close()
     assert set(NUMBER.findall(answer)) & receipt_numbers, f"{answer!r} has no number from the receipt's OCR"
+
+
+@pytest.mark.browser
+def test_browser_extract_shows_where_the_values_came_from(server, browser, receipt):
+    """The Extract tab on a real receipt: the JSON, and beside it the receipt with the boxes of the values."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(server.url + "/", wait_until="domcontentloaded")
+    page.wait_for_selector("#chat-input textarea", timeout=60_000)  # the app is up (a click before is lost)
+    page.get_by_role("tab", name="Extract").click()
+    page.wait_for_selector("#extract-btn", state="visible", timeout=30_000)
+    page.set_input_files("#extract-doc input[type='file']", str(receipt))
+    page.wait_for_function(f"() => document.querySelector('#extract-doc').innerText.includes('{receipt.name}')",
+                           timeout=30_000)
+    assert page.locator("#extract-template input").input_value() == "receipt"
+    page.click("#extract-btn")
+    page.wait_for_selector("#extract-boxes .legend-item", timeout=300_000)
+    legend = page.locator("#extract-boxes .legend-item").all_inner_texts()
+    extracted = page.locator("#extract-json").inner_text()
+    # the annotated receipt: a loaded base image with one mask per located field, named in the legend
+    sizes = page.locator("#extract-boxes img").evaluate_all("imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])")
+    width, height = Image.open(receipt).size
+    page.close()
+    assert "total" in legend and len(legend) == len(set(legend)) >= 2, legend
+    assert [width, height] in sizes, sizes  # base and masks: the receipt's size (it is under the UI's 1280 px)
+    assert len(sizes) == len(legend) + 1
+    assert "9.00" in extracted, extracted

@@ -365,18 +365,24 @@ def test_gradio_extract_tab(ui_client, tmp_path):
 
     path = tmp_path / "receipt.png"
     receipt().save(path)
-    result, ocr_text, status = ui_client.predict(handle_file(str(path)), "receipt", "", api_name="/extract")
+    result, ocr_text, status, boxes = ui_client.predict(handle_file(str(path)), "receipt", "", api_name="/extract")
     assert set(result) == {"company", "date", "address", "total"}
-    assert "TOTAL" in ocr_text.upper() and "OCR lines" in status
-    result, _, _ = ui_client.predict(handle_file(str(path)), "receipt", "total, phone", api_name="/extract")
+    assert "TOTAL" in ocr_text.upper() and "OCR lines" in status and "values located" in status
+    # the annotated page (an update: the colours follow the fields): the receipt, one annotation per located line
+    assert list(boxes["color_map"]) == ["company", "date", "address", "total"]
+    assert Image.open(boxes["value"]["image"]).size == receipt().size
+    located = {a["label"] for a in boxes["value"]["annotations"]}
+    assert located == {k for k, v in result.items() if v is not None}, (result, boxes)
+    result, _, _, _ = ui_client.predict(handle_file(str(path)), "receipt", "total, phone", api_name="/extract")
     assert set(result) == {"total", "phone"}  # typed fields override the template
     pdf = tmp_path / "receipt.pdf"
     receipt().save(pdf, "PDF", resolution=100)
-    result, ocr_text, _ = ui_client.predict(handle_file(str(pdf)), "(type fields below)", "total",
-                                            api_name="/extract")
+    result, ocr_text, _, boxes = ui_client.predict(handle_file(str(pdf)), "(type fields below)", "total",
+                                                   api_name="/extract")
     assert list(result) == ["total"] and "TOTAL" in ocr_text.upper()  # a PDF works like an image
-    result, _, status = ui_client.predict(None, "receipt", "", api_name="/extract")
-    assert result is None and status.startswith("**Error:**")
+    assert Image.open(boxes["value"]["image"]).size[1] > 0  # its page, rendered as extraction saw it
+    result, _, status, boxes = ui_client.predict(None, "receipt", "", api_name="/extract")
+    assert result is None and status.startswith("**Error:**") and boxes is None
 
 
 def test_model_panel_info(ui_client, server):

@@ -80,9 +80,10 @@ def test_extract_tab_on_a_real_receipt(server, receipt):
     from gradio_client import Client, handle_file
 
     ui = Client(server.url + "/", verbose=False)
-    result, ocr_text, status = ui.predict(handle_file(str(receipt)), "receipt", "total", api_name="/extract")
+    result, ocr_text, status, boxes = ui.predict(handle_file(str(receipt)), "receipt", "total", api_name="/extract")
     assert list(result) == ["total"]
     assert len(ocr_text.splitlines()) > 5 and "OCR lines" in status
+    assert Image.open(boxes["value"]["image"]).size == Image.open(receipt).size  # the receipt, boxes drawn
 
 
 def _bot_text(page) -> str:

@@ -289,14 +289,17 @@ class VLM:
         return IndexAnswer(self.chat([{"role": "user", "content": content}], options, **gen), hits)
 
     # -- documents ----------------------------------------------------------------------------
-    def extract(self, source, fields=None, schema=None, pages=None, template=None, *, ocr_engine=None, **gen):
+    def extract(self, source, fields=None, schema=None, pages=None, template=None, *, ocr_engine=None,
+                sources: bool = False, **gen):
         """Fields of a receipt/invoice/form image or PDF as validated JSON grounded in OCR (see vlm.extract).
 
-        ``ocr_engine``: ``"rapidocr"``, ``"tesseract"`` or ``"both"`` (default: ``vlm.ocr.DEFAULT_ENGINE``)."""
+        ``ocr_engine``: ``"rapidocr"``, ``"tesseract"`` or ``"both"`` (default: ``vlm.ocr.DEFAULT_ENGINE``).
+        ``sources=True``: returns ``(result, boxes)``, ``boxes`` the OCR lines (page, box, text) each value came
+        from (``vlm.extract.sources``)."""
         from .extract import extract
 
         return extract(self, source, fields=fields, schema=schema, pages=pages, template=template,
-                       ocr_engine=ocr_engine, **gen)
+                       ocr_engine=ocr_engine, sources=sources, **gen)
 
     def ocr(self, source, pages=None, *, engine=None) -> list:
         """OCR lines (text, box, score, page) of an image or PDF, in reading order.

@@ -13,6 +13,10 @@ merges keys the same way (first value wins). ``per_page=True`` returns one resul
 
 If the OCR text doesn't fit the model's context with the answer budget, rows are dropped from the end of
 the OCR text (never from the image) until it fits.
+
+Provenance: ``sources=True`` also returns where each value came from (``sources.locate``: the OCR lines, with
+their boxes, that the decoded string was copied from), found in the lines the page was OCR'd into for the
+prompt, so OCR runs once. A merged field's boxes are those of the page its value was taken from.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from .constrained import JsonObjectMachine, ValueRule
 from .patterns import candidates
 from .prompts import Template, fields_prompt, format_ocr, freeform_prompt, get_template
 from .schema import DocSchema, coerce, resolve_schema, validate
+from .sources import SourceBox, locate
 
 FREEFORM_TOKENS = 384
 
@@ -115,14 +120,17 @@ def _typed(doc: DocSchema, raw: dict) -> dict:
 
 def extract(vlm, source, fields=None, schema=None, pages=None, template: str | Template | None = None, *,
             per_page: bool = False, ground: bool = True, dpi: float | None = None,
-            options: GenerationOptions | None = None, ocr_engine: OcrEngine | None = None, **gen):
+            options: GenerationOptions | None = None, ocr_engine: OcrEngine | None = None,
+            sources: bool = False, **gen):
     """Extract fields from an image or PDF. See the module docstring for the rules.
 
     ``ocr_engine``: the OCR engine (``"rapidocr"``, ``"tesseract"`` or ``"both"``; default
     :data:`vlm.ocr.DEFAULT_ENGINE`).
 
     Returns a dict (fields / JSON Schema / template), a pydantic instance (pydantic schema), or with
-    ``per_page=True`` a list of ``{"page": n, "fields": ...}``.
+    ``per_page=True`` a list of ``{"page": n, "fields": ...}``. With ``sources=True``: ``(result, boxes)``
+    where ``boxes`` maps each field to the :class:`~vlm.extract.sources.SourceBox` list of the OCR lines its
+    value came from (``[]`` for a null or unlocated value); with ``per_page=True`` one such dict per page.
     """
     if isinstance(template, str):
         template = get_template(template)
@@ -133,18 +141,29 @@ def extract(vlm, source, fields=None, schema=None, pages=None, template: str | T
         gen["max_new_tokens"] = min(default_max_new_tokens(doc), generation.context_length(vlm.model) // 2)
     opts = GenerationOptions.from_kwargs(options, **gen)
     page_kw = {} if dpi is None else {"dpi": dpi}
-    results: list[tuple[int, dict]] = []
+    results: list[tuple[int, dict, dict]] = []
     merged: dict = {} if doc.freeform else doc.empty()
+    merged_boxes: dict[str, list[SourceBox]] = {}
     for page in iter_pages(source, pages, limits=vlm.limits, **page_kw):
         lines = [replace(line, page=page.number) for line in run_ocr(page.image, engine=ocr_engine)]
-        typed = _typed(doc, extract_page(vlm, page.image, lines, doc, opts, ground))
-        results.append((page.number, typed))
+        raw = extract_page(vlm, page.image, lines, doc, opts, ground)
+        typed = _typed(doc, raw)
+        boxes = {}
+        if sources:  # from the raw strings: typing may change them (ISO dates, parsed numbers)
+            found = locate(lines, raw)
+            boxes = {k: (found.get(k, []) if v is not None else []) for k, v in typed.items()}
+        results.append((page.number, typed, boxes))
         for key, value in typed.items():
             if merged.get(key) is None:
                 merged[key] = value
+                merged_boxes[key] = boxes.get(key, [])
         if not per_page and not doc.freeform and all(v is not None for v in merged.values()):
             break  # later pages can't change a "first non-null" merge
     if per_page:
-        return [{"page": n, "fields": validate(doc, values)} for n, values in results]
-    return validate(doc, merged)
+        out = [{"page": n, "fields": validate(doc, values)} for n, values, _ in results]
+        return (out, [boxes for _, _, boxes in results]) if sources else out
+    result = validate(doc, merged)
+    if sources:
+        return result, {key: merged_boxes.get(key, []) for key in merged}
+    return result
 

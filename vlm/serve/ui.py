@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 
 from vlm.config import GenerationOptions
 from vlm.grounding import OCR_MODES
@@ -19,6 +20,7 @@ from .examples import CHAT_EXAMPLES, EXTRACT_EXAMPLES
 ERROR_MARK = "**Error:** "
 STOPPED_MARK = "\n\n*[stopped]*"
 NO_TEMPLATE = "(type fields below)"
+ANNOTATED_MAX_SIDE = 1280  # px: the Extract tab's annotated page(s), long side
 
 CSS = """
 #stop-btn { min-width: 6em; }
@@ -210,32 +212,54 @@ class ChatUI:
 
     # -- extract handler ---------------------------------------------------------------------------------
     def extract(self, document, template: str, fields: str):
-        """Run VLM.extract and VLM.ocr on an uploaded image or PDF. Returns (json, ocr text, status)."""
+        """Run VLM.extract (with the values' sources) and VLM.ocr on an uploaded image or PDF. Returns (json, ocr
+        text, status, annotated page): the page image(s) holding the values with their OCR line boxes drawn
+        (``vlm.extract.sources``); for a PDF every page holding a value, stacked (page 1 when none does)."""
         vlm = self.engine.vlm
         if not document:
-            return None, "", ERROR_MARK + "drop an image or PDF first"
+            return None, "", ERROR_MARK + "drop an image or PDF first", None
         path = document if isinstance(document, str) else getattr(document, "name", None) or document.get("path")
         names = [f.strip() for f in (fields or "").replace("\n", ",").split(",") if f.strip()]
         if not hasattr(vlm, "extract") or not hasattr(vlm, "ocr"):
-            return None, "", ERROR_MARK + "document extraction is not available in this version of vlm"
+            return None, "", ERROR_MARK + "document extraction is not available in this version of vlm", None
         kwargs = {"fields": names} if names else {}
         if not names and template and template != NO_TEMPLATE:
             kwargs = {"template": template}
         if not kwargs:
-            return None, "", ERROR_MARK + "pick a template or type the fields to extract"
+            return None, "", ERROR_MARK + "pick a template or type the fields to extract", None
 
         def work(job: Job):
-            lines = vlm.ocr(path)
-            return _jsonable(vlm.extract(path, **kwargs)), lines
+            lines = vlm.ocr(path)  # cached per page: extraction reuses these lines
+            result, boxes = vlm.extract(path, sources=True, **kwargs)
+            return _jsonable(result), lines, boxes
 
         try:
-            result, lines = self.engine.submit(work).wait()
+            result, lines, boxes = self.engine.submit(work).wait()
+            annotated = _annotated_pages(vlm, path, boxes)
         except ServeError as err:
-            return None, "", ERROR_MARK + err.message
+            return None, "", ERROR_MARK + err.message, None
         except ValueError as err:
-            return None, "", ERROR_MARK + str(err)
+            return None, "", ERROR_MARK + str(err), None
         ocr_text = "\n".join(getattr(line, "text", str(line)) for line in lines)
-        return result, ocr_text, f"{len(lines)} OCR lines"
+        located = sum(bool(b) for b in boxes.values())
+        status = f"{len(lines)} OCR lines · {located} of {len(boxes)} values located"
+        return result, ocr_text, status, annotated
+
+
+def _annotated_pages(vlm, path, boxes: dict):
+    """The AnnotatedImage update: the pages holding a value (page 1 when none), boxes drawn and listed."""
+    from vlm.documents import iter_pages
+    from vlm.extract.sources import annotate_pages, field_colours
+
+    numbers = sorted({b.page for found in boxes.values() for b in found}) or [1]
+    pages = {page.number: page.image for page in iter_pages(path, numbers, limits=vlm.limits)}
+    colours = field_colours(boxes)
+    image, annotations = annotate_pages(pages, boxes, max_side=ANNOTATED_MAX_SIDE, colours=colours)
+    # one translucent mask per field (its legend entry lights up all its lines); the outlines and labels are drawn
+    masks: dict[str, np.ndarray] = {}
+    for (x0, y0, x1, y1), label in annotations:
+        masks.setdefault(label, np.zeros((image.height, image.width), dtype=np.float32))[y0:y1, x0:x1] = 0.3
+    return gr.AnnotatedImage(value=(image, list(zip(masks.values(), masks))), color_map=colours)
 
 
 def _template_names() -> list[str]:
@@ -299,7 +323,8 @@ def build_ui(engine: Engine, config: ServeConfig, examples: dict[str, Path]) -> 
 
             with gr.Tab("Extract", id="extract"):
                 gr.Markdown("Drop a receipt, invoice or form (image or PDF). Pick a template or type the fields; "
-                            "the answer is JSON, with the OCR lines it was read from beside it.")
+                            "the answer is JSON, beside the document with the OCR boxes each value was read from "
+                            "(a PDF shows the pages that hold values) and the OCR lines.")
                 with gr.Row():
                     with gr.Column(scale=1):
                         doc = gr.File(label="Document (image or PDF)", file_types=["image", ".pdf"],
@@ -313,11 +338,13 @@ def build_ui(engine: Engine, config: ServeConfig, examples: dict[str, Path]) -> 
                         status = gr.Markdown(elem_classes=["vlm-status"])
                     with gr.Column(scale=1):
                         result = gr.JSON(label="Extracted JSON", elem_id="extract-json")
+                        ocr_lines = gr.Textbox(label="OCR lines", lines=10, max_lines=14, elem_id="extract-ocr")
                     with gr.Column(scale=1):
-                        ocr_lines = gr.Textbox(label="OCR lines", lines=18, max_lines=40, elem_id="extract-ocr")
+                        boxes = gr.AnnotatedImage(label="Where the values came from", elem_id="extract-boxes",
+                                                  height=600)
                 gr.Examples(examples=[[str(examples[ex.name]), "receipt" if "receipt" in names else NO_TEMPLATE, ""]
                                       for ex in EXTRACT_EXAMPLES], inputs=[doc, template, fields])
-                extract_btn.click(ui.extract, [doc, template, fields], [result, ocr_lines, status],
+                extract_btn.click(ui.extract, [doc, template, fields], [result, ocr_lines, status, boxes],
                                   api_name="extract", concurrency_limit=None)
 
             with gr.Tab("Model", id="model"):
