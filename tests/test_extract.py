@@ -355,6 +355,15 @@ def test_cli_extract_and_ocr(tiny_vlm, receipt, tmp_path, capsys):
                  "--max-new-tokens", "60"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert list(out) == FIELDS
+    assert main(["extract", str(receipt), "--fields", "company,date,address,total", "--model", str(model_dir),
+                 "--max-new-tokens", "60", "--sources"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert both["fields"] == out and list(both["sources"]) == FIELDS  # the same answer (greedy), and its sources
+    for field, found in both["sources"].items():
+        for box in found:  # each an OCR line of the receipt
+            assert set(box) == {"page", "box", "text"} and box["page"] == 1 and len(box["box"]) == 4
+        if out[field] is None:
+            assert found == []
     assert main(["ocr", str(receipt)]) == 0
     lines = json.loads(capsys.readouterr().out)
     assert lines and set(lines[0]) == {"text", "box", "score", "page"} and len(lines[0]["box"]) == 4

@@ -101,7 +101,7 @@ def test_browser_extract_shows_where_the_values_came_from(server, browser, recei
     page.wait_for_selector("#extract-btn", state="visible", timeout=30_000)
     page.set_input_files("#extract-doc input[type='file']", str(receipt))
     page.wait_for_function(f"() => document.querySelector('#extract-doc').innerText.includes('{receipt.name}')",
-                           timeout=30_000)
+                           timeout=120_000)
     assert page.locator("#extract-template input").input_value() == "receipt"
     page.click("#extract-btn")
     page.wait_for_selector("#extract-boxes .legend-item", timeout=300_000)

@@ -21,6 +21,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-ground", action="store_true",
                         help="allow values that are not in the OCR text (default: they must be)")
     parser.add_argument("--dpi", type=float, default=None, help="PDF render resolution (default 200)")
+    parser.add_argument("--sources", action="store_true",
+                        help='also print where each value came from: {"fields": ..., "sources": {field: [{page, box '
+                             '[x0, y0, x1, y1] in page pixels, text of the OCR line}]}}')
     add_ocr_engine_argument(parser)
     add_model_arguments(parser)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="answer budget (default: by field count)")
@@ -46,7 +49,17 @@ def run(args) -> int:
     result = model.extract(
         args.file, fields=fields, schema=schema, pages=args.pages, template=args.template,
         per_page=args.per_page, ground=not args.no_ground, dpi=args.dpi, ocr_engine=args.ocr_engine,
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed, sources=args.sources,
     )
+    if args.sources:
+        result, boxes = result
+        result = {"fields": result, "sources": _sources_json(boxes)}
     print(json.dumps(result, ensure_ascii=False, indent=2))
     return 0
+
+
+def _sources_json(boxes):
+    """``extract(..., sources=True)``'s boxes as JSON (a dict per field, or a list of them with --per-page)."""
+    if isinstance(boxes, list):
+        return [_sources_json(page) for page in boxes]
+    return {field: [b.to_dict() for b in found] for field, found in boxes.items()}
