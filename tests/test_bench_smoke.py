@@ -69,3 +69,16 @@ def test_bench_clip_section(tmp_path, data_dir, tiny_clip_dir):
     assert row["images"] == 12 and row["index_add_images_per_s"] > 0 and row["embed_images_per_s"] > 0
     assert row["query_ms"]["n"] == 4 and 0 < row["query_ms"]["p50"] <= row["query_ms"]["p95"]
     assert "inference" not in json.loads(path.read_text())
+
+
+def test_bench_extract_section(tmp_path, data_dir):
+    """``--sections extract``: real SROIE receipts through OCR (both engines) and extraction, timed in two parts."""
+    out = tmp_path / "results"
+    code = main(["bench", "--tiny", "--sections", "extract", "--data", str(data_dir / "flickr8k"),
+                 "--out", str(out)])
+    assert code == 0
+    (path,) = out.glob("tiny-*.json")
+    row = json.loads(path.read_text())["extract"]
+    assert row["receipts"] == 2 and set(row["engines"]) == {"rapidocr", "tesseract"}
+    for r in row["engines"].values():
+        assert 0 < r["ocr_s"] and 0 < r["model_s"] and r["end_to_end_s"] <= r["end_to_end_max_s"]

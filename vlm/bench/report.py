@@ -14,7 +14,7 @@ def merge(results: list[dict], command: str) -> dict:
     """One result from runs of separate sections (e.g. inference and training run side by side)."""
     out = dict(results[0])
     for r in results[1:]:
-        for key in ("inference", "roofline", "training", "clip"):
+        for key in ("inference", "roofline", "training", "clip", "extract"):
             if key in r and key not in out:
                 out[key] = r[key]
         out["load_after"] = r.get("load_after", out.get("load_after"))
@@ -137,6 +137,10 @@ def markdown(result: dict) -> str:
         from .clip_throughput import markdown as clip_markdown
 
         lines += clip_markdown(result["clip"])
+    if result.get("extract"):
+        from .extraction import markdown as extract_markdown
+
+        lines += extract_markdown(result["extract"])
     s = summary(result)
     if s:
         lines += ["", "Headline: " + ", ".join(f"{k} {v}" for k, v in s.items())]

@@ -32,7 +32,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Flickr8k folder with dev.jsonl")
     parser.add_argument("--sections", default="inference,training",
                         help="comma list: inference, training, clip (the CLIP's indexing throughput and query "
-                        "latency; vlm/bench/clip_throughput.py)")
+                        "latency; vlm/bench/clip_throughput.py), extract (SROIE receipts end to end, OCR and model "
+                        "time; vlm/bench/extraction.py)")
+    parser.add_argument("--receipts", type=int, default=10, help="receipts timed by the extract section")
+    parser.add_argument("--ocr-engines", default="rapidocr,tesseract", help="OCR engines of the extract section")
     parser.add_argument("--clip", default=None, help="CLIP for the clip section (default: the one --model carries)")
     parser.add_argument("--clip-images", type=int, default=300, help="photos indexed by the clip section")
     parser.add_argument("--clip-queries", type=int, default=50, help="text queries timed by the clip section")
@@ -85,9 +88,9 @@ def run(args) -> int:
                               "vlm bench --merge " + " ".join(p.name for p in args.merge))
         return _emit(result, args)
     sections = {s.strip() for s in args.sections.split(",") if s.strip()}
-    unknown = sections - {"inference", "training", "clip"}
+    unknown = sections - {"inference", "training", "clip", "extract"}
     if unknown:
-        raise ValueError(f"unknown section(s) {sorted(unknown)}; use inference, training, clip")
+        raise ValueError(f"unknown section(s) {sorted(unknown)}; use inference, training, clip, extract")
     from vlm.optimize import parse_levers
 
     option_sets = [parse_levers(s) for s in args.levers.split(",") if s.strip()]
@@ -143,6 +146,12 @@ def run(args) -> int:
             base_vlm.clip if base_vlm is not None and args.model else Clip.load(args.model or "vlm-tiny"))
         result["clip"] = clip_throughput.run(clip, args.data, args.clip_images, args.clip_queries,
                                              video_seconds=0 if args.tiny else 20, log=log)
+    if "extract" in sections:
+        from vlm.bench import extraction
+
+        engines = [e.strip() for e in args.ocr_engines.split(",") if e.strip()]
+        result["extract"] = extraction.run(base_vlm, extraction.receipts(2 if args.tiny else args.receipts),
+                                           engines, log=log)
     result["load_after"] = machine.load_average()
     result["summary"] = report.summary(result)
     return _emit(result, args)
