@@ -185,11 +185,7 @@ class OrtDecoder:
     def __init__(self, model, threads: int | None = None, folder: Path | None = None, optimization: str = "all"):
         import onnxruntime as ort
 
-        self.model = model
-        self.folder = export(model, folder)
-        info = json.loads((self.folder / "export.json").read_text())
-        self.layers, self.kv_heads, self.head_dim = info["layers"], info["kv_heads"], info["head_dim"]
-        self.past_names = kv_names(self.layers)
+        folder = export(model, folder)
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads
@@ -198,7 +194,15 @@ class OrtDecoder:
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         }[optimization]
-        self.session = ort.InferenceSession(str(self.folder / GRAPH), so, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(folder / GRAPH), so, providers=["CPUExecutionProvider"])
+        self._setup(model, folder)
+
+    def _setup(self, model, folder: Path) -> None:
+        """What any runner of ``llm.onnx`` needs besides its session: shapes, embedding table, special ids."""
+        self.model, self.folder = model, folder
+        info = json.loads((folder / "export.json").read_text())
+        self.layers, self.kv_heads, self.head_dim = info["layers"], info["kv_heads"], info["head_dim"]
+        self.past_names = kv_names(self.layers)
         self.embedding = model.model.get_input_embeddings().weight.detach().float().numpy()  # no copy
         gen = model.generation_config
         eos = gen.eos_token_id
