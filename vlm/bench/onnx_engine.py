@@ -12,7 +12,9 @@ ratio to the reference, % of answers (and token ids) identical to the reference.
 Paths: ``transformers`` (stock ``model.generate`` float32 with vlm's kwargs, the reference); ``ort`` (ONNX
 Runtime, all graph optimisations, ``--threads`` intra-op threads); ``ort-basic`` (basic optimisations only);
 ``ort-defthreads`` (ORT's own thread count); ``ov-onnx`` / ``ov-onnx-fp16`` (the same ``llm.onnx`` read by
-``openvino.convert_model``, explicit KV in/out, f32 inference; fp16: weights stored as float16).
+``openvino.convert_model``, explicit KV in/out, f32 inference; fp16: weights stored as float16);
+``ort@<folder>``: ONNX Runtime on another export of the same LLM in ``<folder>`` (``llm.onnx`` +
+``export.json``), e.g. one made with the dynamo exporter.
 """
 from __future__ import annotations
 
@@ -114,7 +116,13 @@ def make_paths(base, which, threads, log):
     for name in which:
         started = time.perf_counter()
         try:
-            paths.append(EnginePath(name, builders[name]()))
+            if name.startswith("ort@"):  # another export of the same LLM (llm.onnx + export.json in that folder)
+                from pathlib import Path
+
+                decoder = OrtDecoder(base.model, threads=threads, folder=Path(name[4:]))
+            else:
+                decoder = builders[name]()
+            paths.append(EnginePath(name, decoder))
             log(f"built {name} in {time.perf_counter() - started:.1f} s")
         except Exception as exc:  # a path that does not build is reported, the others still run
             log(f"{name}: not built: {type(exc).__name__}: {exc}")

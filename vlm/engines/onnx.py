@@ -114,6 +114,12 @@ def export(model, folder: Path | None = None, force: bool = False) -> Path:
     if (folder / GRAPH).exists() and (folder / "export.json").exists() and not force:
         return folder
     lm, head, config = _llm_parts(model)
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    kinds = {type(layer).__name__ for layer in DynamicCache(config=lm.config).layers}
+    if kinds != {DynamicLayer.__name__}:  # sliding windows, KV sharing: data-dependent cache code, not traced here
+        raise ValueError(f"this export handles full-attention decoders only (cache layers: {sorted(kinds)})")
     layers, kv_heads, head_dim = _kv_shape(config)
     module = KVWrapper(lm, head).eval()
     past_names, present_names = kv_names(layers), kv_names(layers, "present")
