@@ -62,6 +62,10 @@ class Job:
         self.error: BaseException | None = None
         self.done = threading.Event()
         self.started: float | None = None
+        # the per-request timeout, counted from arrival; made before the job is queued (a worker may finish
+        # the job, and cancel this, before ``submit`` starts it)
+        self.timer = threading.Timer(timeout_s, self.stop, ("timeout",))
+        self.timer.daemon = True
         self._on_stop: Callable[["Job"], None] | None = None  # the engine: take it out of the queue
         self._loop = loop
         self._events: queue.Queue | asyncio.Queue = asyncio.Queue() if loop else queue.Queue()
@@ -283,10 +287,7 @@ class Engine:
             job._on_stop = self._withdraw
             self._waiting.append(job)
             self._wake.notify()
-        timer = threading.Timer(job.timeout_s, job.stop, ("timeout",))
-        timer.daemon = True
-        job._timer = timer
-        timer.start()
+        job.timer.start()  # a job that already finished cancelled it: starting it then does nothing
         return job
 
     def submit_chat(self, request: ChatRequest, loop=None) -> Job:
@@ -303,7 +304,7 @@ class Engine:
             error = _stopped_error(job, self._retry_after_locked())
             self._account(job, error)
             job.finish(error=error)
-        job._timer.cancel()
+        job.timer.cancel()
 
     def _generate(self, job: Job, request: ChatRequest) -> Completion:
         tally = generation.Tally()  # exact usage: every generated token, the end-of-sequence one included
@@ -348,7 +349,7 @@ class Engine:
         except Exception as exc:  # never let one request take a worker down
             error = self.internal_error(exc, job.request_id, "generating")
         finally:
-            job._timer.cancel()
+            job.timer.cancel()
             with self._lock:  # counted before the caller can see the outcome, so the counters are never behind
                 self.stats.running -= 1
                 self._running.discard(job)
