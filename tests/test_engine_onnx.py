@@ -1,12 +1,15 @@
-"""The ONNX Runtime backend (vlm.engines.onnx) decodes the shipped vlm-tiny as stock transformers does.
+"""The ONNX Runtime engine (vlm.engines.onnx + vlm.engines.loop) answers as stock transformers does.
 
-Real weights (vlm-tiny), real Flickr8k dev photos: greedy token ids from the exported stock transformers
-decoder (float32, explicit KV inputs/outputs) on ONNX Runtime must equal ``model.generate``'s with vlm's
-generation settings, one request at a time and as a left-padded batch; the per-step API gives the same
-tokens; the export is keyed by the checkpoint and reused.
+Real weights (vlm-tiny), real Flickr8k dev photos and a real SROIE receipt: the ``VLM`` on the onnx engine (the
+default levers) must give the token ids ``model.generate`` gives on the same float32 model -- greedy, with a
+repetition penalty, an answer n-gram ban, stop strings, a JSON grammar (extraction), one request at a time and
+as a left-padded batch, streamed or not; beam search runs on transformers; the export is keyed by the
+checkpoint and reused; an engine that can't start leaves a working VLM on transformers.
 """
 from __future__ import annotations
 
+import copy
+import json
 import time
 
 import numpy as np
@@ -18,25 +21,30 @@ pytest.importorskip("onnxruntime")
 from PIL import Image  # noqa: E402
 
 from vlm import VLM, generation  # noqa: E402
+from vlm.engines import loop  # noqa: E402
 from vlm.engines import onnx as ox  # noqa: E402
 from vlm.messages import user_turn  # noqa: E402
+from vlm.optimize import InferenceOptions, apply  # noqa: E402
 
 MAX_NEW = 32
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    return VLM.load("vlm-tiny", levers=None)  # the plain transformers float32 model
+    return VLM.load("vlm-tiny", levers=None)  # the plain transformers float32 model (the reference)
 
 
 @pytest.fixture(scope="module")
-def folder(tiny, tmp_path_factory):
-    return ox.export(tiny.model, tmp_path_factory.mktemp("onnx") / "llm")
+def fast(tiny):
+    """The same model object on the onnx engine (what ``VLM.load`` gives by default)."""
+    vlm = apply(VLM(tiny.model, tiny.processor, name="vlm-tiny"), InferenceOptions(engine="onnx"))
+    assert vlm.inference.engine is not None, vlm.inference.engine_error
+    return vlm
 
 
 @pytest.fixture(scope="module")
-def decoder(tiny, folder):
-    return ox.OrtDecoder(tiny.model, threads=2, folder=folder)
+def folder(tiny):
+    return ox.export(tiny.model)
 
 
 @pytest.fixture(scope="module")
@@ -48,23 +56,18 @@ def photos(data_dir, flickr_records):
     return out
 
 
-def reference(vlm, prepared) -> list[list[int]]:
-    """New token ids of stock ``model.generate`` with vlm's greedy settings."""
-    batch = prepared.batch
-    kwargs = generation.generate_kwargs(vlm.model, vlm.processor, prepared.options, batch["input_ids"].shape[1])
-    with torch.inference_mode():
-        out = vlm.model.generate(**batch, **kwargs)
-    return out[:, batch["input_ids"].shape[1]:].tolist()
-
-
-def trim(rows: list[list[int]], pad: int) -> list[list[int]]:
-    """Drop the trailing pads ``generate`` adds to rows that stopped early (and a batch's common tail)."""
-    out = []
-    for row in rows:
+def new_ids(vlm, prepared) -> list[list[int]]:
+    """The new token ids of each row (``VLM.generate`` with a tally), trailing pads dropped."""
+    tally = generation.Tally()
+    vlm.generate(prepared, tally=tally)
+    pad = vlm.model.generation_config.pad_token_id
+    rows = []
+    for i in range(prepared.batch["input_ids"].shape[0]):
+        row = tally.row(i)
         while row and row[-1] == pad:
             row = row[:-1]
-        out.append(row)
-    return out
+        rows.append(row)
+    return rows
 
 
 def test_graph_is_the_stock_decoder(folder):
@@ -79,42 +82,70 @@ def test_graph_is_the_stock_decoder(folder):
     assert "language_model.layers.0.input_layernorm.weight" in inits
 
 
-def test_greedy_tokens_match_transformers_on_real_photos(tiny, decoder, photos):
+def test_greedy_tokens_match_transformers_on_real_photos(tiny, fast, photos):
     answers = []
     for photo in photos:
-        prepared = tiny.prepare([user_turn(photo, "Describe the image.")], max_new_tokens=MAX_NEW, ocr="never")
-        ours = decoder.generate(prepared.batch, MAX_NEW)
-        theirs = reference(tiny, prepared)
-        assert trim(ours, decoder.pad) == trim(theirs, decoder.pad)
-        answers.append(tiny.processor.tokenizer.decode(ours[0], skip_special_tokens=True).strip())
+        prepared = fast.prepare([user_turn(photo, "Describe the image.")], max_new_tokens=MAX_NEW, ocr="never")
+        ours = new_ids(fast, prepared)
+        assert ours == new_ids(tiny, prepared)
+        answers.append(fast.processor.tokenizer.decode(ours[0], skip_special_tokens=True).strip())
     assert all(answers), answers  # real answers, not empty strings
-    prepared = tiny.prepare([user_turn(photos[0], "Describe the image.")], max_new_tokens=MAX_NEW, ocr="never")
-    assert decoder.answers(tiny.processor, prepared.batch, MAX_NEW) == tiny.generate(prepared)
 
 
-def test_left_padded_batch_matches_transformers(tiny, decoder, photos):
+@pytest.mark.parametrize("options", [dict(repetition_penalty=1.3), dict(no_repeat_ngram_size=2), dict(stop=[" is"]),
+                                     dict(max_new_tokens=5)])
+def test_generation_options_match_transformers(tiny, fast, photos, options):
+    prepared = fast.prepare([user_turn(photos[1], "Describe the image.")], ocr="never",
+                            **{"max_new_tokens": 24, **options})
+    assert new_ids(fast, prepared) == new_ids(tiny, prepared)
+    assert fast.generate(prepared) == tiny.generate(prepared)
+
+
+def test_left_padded_batch_and_stream_match_transformers(tiny, fast, photos):
     convs = [user_turn(photos[0], "Describe the image."),
              user_turn(photos[1], "What is the person in this photo doing, and where are they?")]
-    prepared = tiny.prepare(convs, max_new_tokens=16, ocr="never")
+    prepared = fast.prepare(convs, max_new_tokens=16, ocr="never")
     assert (prepared.batch["attention_mask"] == 0).any(), "the prompts should differ in length so the batch is padded"
-    assert trim(decoder.generate(prepared.batch, 16), decoder.pad) == trim(reference(tiny, prepared), decoder.pad)
+    assert new_ids(fast, prepared) == new_ids(tiny, prepared)
+    one = fast.prepare([convs[0]], max_new_tokens=16, ocr="never")
+    assert "".join(fast.generate_stream(one)) == tiny.generate(one)[0]
 
 
-def test_per_step_api_streams_the_same_tokens(tiny, decoder, photos):
-    prepared = tiny.prepare([user_turn(photos[2], "Describe the image.")], max_new_tokens=12, ocr="never")
-    state = decoder.prefill(prepared.batch)
+def test_json_extraction_matches_transformers(tiny, fast, receipt):
+    """A receipt through ``VLM.extract``: OCR, JSON-grammar decoding (vlm's own logits processor) on each engine."""
+    ours, theirs = fast.extract(receipt, template="receipt"), tiny.extract(receipt, template="receipt")
+    assert ours == theirs
+    assert json.dumps(ours) and any(ours.values()), ours
+
+
+def test_seeded_sampling_is_reproducible_and_beams_run_on_transformers(tiny, fast, photos):
+    ask = dict(image=photos[2], question="Describe the image.", max_new_tokens=12)
+    assert fast.ask(**ask, temperature=0.9, seed=7) == fast.ask(**ask, temperature=0.9, seed=7)
+    assert loop.settings(fast.model, {"max_new_tokens": 8, "num_beams": 3}) is None
+    assert loop.settings(fast.model, {"max_new_tokens": 8, "do_sample": False}) is not None
+    assert fast.ask(**ask, num_beams=2) == tiny.ask(**ask, num_beams=2)
+
+
+def test_per_step_api(tiny, fast, photos):
+    prepared = fast.prepare([user_turn(photos[2], "Describe the image.")], max_new_tokens=12, ocr="never")
+    engine = fast.inference.engine
+    state = engine.prefill(prepared.batch)
     with torch.inference_mode():  # prefill logits are the stock model's, up to float rounding
         ref = tiny.model(**prepared.batch).logits[:, -1].numpy()
     np.testing.assert_allclose(state.logits, ref, atol=2e-3, rtol=0)
-    tokens = []
-    for _ in range(12):
-        logits = state.logits.copy()
-        logits[:, decoder.suppress] = -np.inf  # the caller applies its own logits processing
-        tokens.append(int(logits[0].argmax()))
-        if tokens[-1] in decoder.eos:
-            break
-        decoder.step(state, [tokens[-1]])
-    assert tokens == decoder.generate(prepared.batch, 12)[0][: len(tokens)]
+    first = int(state.logits[0].argmax())
+    logits = engine.step(state, [first])
+    assert logits.shape == ref.shape and state.mask.shape[1] == prepared.prompt_width + 1
+
+
+def test_an_engine_that_cannot_start_leaves_transformers(tiny_vlm, photo, caplog):
+    bf16 = VLM(copy.deepcopy(tiny_vlm.model).to(torch.bfloat16), copy.deepcopy(tiny_vlm.processor))
+    with caplog.at_level("WARNING", logger="vlm"):
+        apply(bf16, InferenceOptions(engine="onnx"))  # the export refuses non-float32 weights
+    assert bf16.inference.engine is None and "float32" in bf16.inference.engine_error
+    assert "generating with transformers" in caplog.text
+    assert bf16.info()["engine"] == "torch"
+    assert isinstance(bf16.ask(photo, "What is this?", max_new_tokens=3), str)
 
 
 def test_export_is_keyed_by_checkpoint_and_reused(tiny, folder):
@@ -131,3 +162,18 @@ def test_export_is_keyed_by_checkpoint_and_reused(tiny, folder):
         finally:
             head[0, 0] -= 1.0
     assert ox.checkpoint_key(tiny.model) == key
+
+
+def test_prune_keeps_the_most_recently_used_exports(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLM_CACHE", str(tmp_path))
+    root = ox.cache_dir()
+    for i in range(6):
+        (root / f"export{i}").mkdir(parents=True)
+        (root / f"export{i}" / ox.GRAPH).write_bytes(b"x")
+        stamp = time.time() - 100 + (50 if i == 0 else i)  # export0 was used last
+        import os
+
+        os.utime(root / f"export{i}", (stamp, stamp))
+    removed = ox.prune(keep=4)
+    assert sorted(p.name for p in removed) == ["export1", "export2"]
+    assert sorted(p.name for p in root.iterdir()) == ["export0", "export3", "export4", "export5"]

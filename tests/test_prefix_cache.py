@@ -119,29 +119,21 @@ def test_generate_failing_from_the_cache_retries_uncached(tiny_vlm, photo, recei
 
 @pytest.fixture(scope="module")
 def shipped():
-    return VLM.load("vlm-tiny")  # as users load it: the default levers, prefix cache included
-
-
-def plain_answers(vlm: VLM, convs, n: int) -> list[str]:
-    """The same weights through the uncached path."""
-    cache = vlm.inference.prefix_cache
-    vlm.inference.prefix_cache = None
-    try:
-        return [vlm.chat(c, max_new_tokens=n) for c in convs]
-    finally:
-        vlm.inference.prefix_cache = cache
+    return VLM.load("vlm-tiny")  # as users load it: the default levers (onnx engine, prefix cache included)
 
 
 @pytest.fixture(scope="module")
-def reference(shipped, photo, receipt) -> list[str]:
-    return plain_answers(shipped, conversations(photo, receipt), 8)
+def reference(photo, receipt) -> list[str]:
+    """The same weights on plain transformers, no levers."""
+    plain = VLM.load("vlm-tiny", levers=None)
+    return [plain.chat(c, max_new_tokens=8) for c in conversations(photo, receipt)]
 
 
 @pytest.mark.real
 def test_shipped_model_with_default_levers_matches_plain_transformers(shipped, reference, photo, receipt):
     answers = [shipped.chat(c, max_new_tokens=8) for c in conversations(photo, receipt)]
-    cache = shipped.inference.prefix_cache
-    assert cache.disabled is None and cache.hits >= 10
+    assert shipped.info()["engine"] == "onnx"
+    assert shipped.inference.engine.prefix.hits >= 10  # the onnx engine's prefix KV
     assert answers == reference
 
 

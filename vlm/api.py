@@ -120,10 +120,13 @@ class VLM:
         return path
 
     def optimize(self, options=None, **levers) -> "VLM":
-        """Apply CPU inference levers in place (``vlm.optimize.InferenceOptions``; e.g. ``int8=True``)."""
+        """Apply CPU inference levers in place: ``options`` (``vlm.optimize.InferenceOptions``), or ``levers``
+        changed on the options applied so far (e.g. ``threads=1``; ``int8=True`` also selects the torch engine)."""
         from .optimize import InferenceOptions, apply
 
-        return apply(self, (options or InferenceOptions()).with_(**levers) if levers else options)
+        if levers:
+            options = (options or self.inference.options or InferenceOptions()).with_levers(**levers)
+        return apply(self, options)
 
     # -- generation ---------------------------------------------------------------------------
     def prepare_messages(self, messages: list[dict], ocr=None, answer_tokens: int = 0, screen=None,
@@ -187,13 +190,15 @@ class VLM:
     def generate(self, prepared: Prepared, cancel: threading.Event | None = None, tally: Tally | None = None) -> list[str]:
         """The answers of a prepared batch, in order. ``tally`` (a :class:`vlm.generation.Tally`): filled with the
         generated token ids."""
-        return generation.generate(self.model, self.processor, prepared, cancel, self.inference.prefix_cache, tally)
+        return generation.generate(self.model, self.processor, prepared, cancel, self.inference.prefix_cache, tally,
+                                   self.inference.engine)
 
     def generate_stream(self, prepared: Prepared, cancel: threading.Event | None = None,
                         tally: Tally | None = None) -> Iterator[str]:
         """The answer of a prepared single conversation, in pieces as they are decoded (see
         :func:`vlm.generation.stream`)."""
-        return generation.stream(self.model, self.processor, prepared, cancel, self.inference.prefix_cache, tally)
+        return generation.stream(self.model, self.processor, prepared, cancel, self.inference.prefix_cache, tally,
+                                 self.inference.engine)
 
     def eos_token_ids(self) -> list[int]:
         """The ids that end an answer (the model's generation config and the tokenizer's)."""
@@ -323,6 +328,7 @@ class VLM:
             "name": self.name,
             "dtype": str(self.model.dtype).replace("torch.", ""),
             "levers": levers.label() if levers is not None else "none",
+            "engine": "onnx" if self.inference.engine is not None else "torch",  # what decodes (see vlm.optimize)
             "vision_tower": {
                 "type": type(inner.vision_tower).__name__,
                 "image_size": vc.image_size,

@@ -197,9 +197,9 @@ def _with_prefix(model, batch, kwargs: dict, cache) -> dict:
     return kwargs
 
 
-def _request_kwargs(model, processor, prepared: Prepared, prefix_cache, criteria: list) -> dict:
+def _request_kwargs(model, processor, prepared: Prepared, criteria: list) -> dict:
     """``generate`` keyword arguments of a prepared request: its options, its own logits processors and end
-    ids, the stopping criteria given, and the prompt-prefix cache where it applies."""
+    ids, and the stopping criteria given."""
     kwargs = generate_kwargs(model, processor, prepared.options, prepared.prompt_width)
     if prepared.logits_processors:
         kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []),
@@ -208,7 +208,7 @@ def _request_kwargs(model, processor, prepared: Prepared, prefix_cache, criteria
         kwargs["eos_token_id"] = list(prepared.eos_token_ids)
     if criteria:
         kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
-    return _with_prefix(model, prepared.batch, kwargs, prefix_cache)
+    return kwargs
 
 
 def _criteria(prepared: Prepared, cancel: threading.Event | None, tally: Tally | None) -> list:
@@ -230,10 +230,18 @@ class _FirstStep(StoppingCriteria):
         return torch.zeros((input_ids.shape[0],), dtype=torch.bool, device=input_ids.device)
 
 
-def _run_generate(model, batch, kwargs: dict, prefix_cache):
-    """``model.generate``. If it fails before its first token while starting from the prompt-prefix cache,
-    the cache switches itself off (logged) and the request runs again without it: the optimisation never
-    breaks a request."""
+def _run_generate(model, batch, kwargs: dict, prefix_cache, engine):
+    """``model.generate``, or its loop on ``engine`` (``vlm.engines.loop``) when that reproduces these settings.
+    If ``model.generate`` fails before its first token while starting from the prompt-prefix cache, the cache
+    switches itself off (logged) and the request runs again without it: the optimisation never breaks a
+    request."""
+    if engine is not None:
+        from .engines import loop
+
+        config = loop.settings(model, kwargs)
+        if config is not None:
+            return loop.run(engine, batch, config, kwargs)
+    kwargs = _with_prefix(model, batch, dict(kwargs), prefix_cache)
     key = cache_kwarg(model)
     if key not in kwargs:
         return model.generate(**batch, **kwargs)
@@ -252,35 +260,36 @@ def _run_generate(model, batch, kwargs: dict, prefix_cache):
 
 
 def generate(model, processor, prepared: Prepared, cancel: threading.Event | None = None, prefix_cache=None,
-             tally: Tally | None = None) -> list[str]:
+             tally: Tally | None = None, engine=None) -> list[str]:
     """Greedy/sampled/beam answers of a prepared batch. ``prefix_cache``: a ``vlm.optimize.PromptPrefixCache``
     to start single prompts from (the ``VLM``'s, ``vlm.inference.prefix_cache``), or None. ``tally``: filled
-    with the generated token ids."""
-    kwargs = _request_kwargs(model, processor, prepared, prefix_cache, _criteria(prepared, cancel, tally))
+    with the generated token ids. ``engine``: a step engine for the LLM (``vlm.inference.engine``, e.g.
+    ``vlm.engines.onnx.OrtDecoder``) or None; requests it can't reproduce (beams) run on ``model``."""
+    kwargs = _request_kwargs(model, processor, prepared, _criteria(prepared, cancel, tally))
     with torch.inference_mode(), _seeded(prepared.options.seed):
-        out = _run_generate(model, prepared.batch, kwargs, prefix_cache)
+        out = _run_generate(model, prepared.batch, kwargs, prefix_cache, engine)
     texts = processor.tokenizer.batch_decode(out[:, prepared.prompt_width:], skip_special_tokens=True)
     return [trim_stop(t, prepared.options.stop).strip() for t in texts]
 
 
 def stream(model, processor, prepared: Prepared, cancel: threading.Event | None = None, prefix_cache=None,
-           tally: Tally | None = None) -> Iterator[str]:
+           tally: Tally | None = None, engine=None) -> Iterator[str]:
     """Yield text pieces of a prepared single conversation as they are decoded. Closing the iterator (or
     setting ``cancel``) stops decoding. Beam search only knows its answer at the end: it comes as one piece."""
     cancel = cancel or threading.Event()
     opts = prepared.options
     if opts.num_beams > 1:
-        yield from generate(model, processor, prepared, cancel, prefix_cache, tally)
+        yield from generate(model, processor, prepared, cancel, prefix_cache, tally, engine)
         return
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = _request_kwargs(model, processor, prepared, prefix_cache, _criteria(prepared, cancel, tally))
+    kwargs = _request_kwargs(model, processor, prepared, _criteria(prepared, cancel, tally))
     kwargs["streamer"] = streamer
     errors: list[BaseException] = []
 
     def run():
         try:
             with torch.inference_mode(), _seeded(opts.seed):
-                _run_generate(model, prepared.batch, kwargs, prefix_cache)
+                _run_generate(model, prepared.batch, kwargs, prefix_cache, engine)
         except BaseException as exc:  # re-raised in the consumer's thread
             errors.append(exc)
             streamer.end()

@@ -6,6 +6,12 @@ by ``vlm bench`` against stock ``LlavaForConditionalGeneration.generate`` in flo
 ``VLM.optimize(...)`` is the API entry point.
 
 Levers
+- ``engine``: what runs the LLM's decoding. ``"torch"`` (transformers' ``generate``, the reference) or
+  ``"onnx"``: the stock transformers decoder exported once to ONNX and run on ONNX Runtime
+  (:mod:`vlm.engines.onnx`, :mod:`vlm.engines.loop`; the same answers, about 2x the decode speed here).
+  Requests the loop can't reproduce (beam search) still run on transformers. Float32 weights only: the
+  weight-changing levers (bf16, int8, compile) are torch levers. If the engine can't start (no onnxruntime,
+  an LLM the export refuses), a warning is logged and the VLM generates with transformers.
 - ``dtype``: ``"bfloat16"`` runs everything in bf16 (AMX matmuls: faster prefill, outputs drift).
 - ``int8``: dynamic int8 quantisation of the LLM's linear layers and the LM head (``torch.ao`` dynamic quant:
   int8 weights, activations quantised per call). Decode reads 4x fewer weight bytes. float32 path only.
@@ -15,7 +21,8 @@ Levers
 - ``reuse_vision``: run the vision tower once per distinct image (LRU over pixel hashes), so later chat
   turns about the same image skip it.
 - ``prefix_cache``: keep the KV cache of the prompt text before its first image (system prompt and chat
-  header) and start the next single-prompt generation from a copy when its prompt begins the same way.
+  header) and start the next single-prompt generation from a copy when its prompt begins the same way (on
+  either engine: ``PromptPrefixCache`` for torch, ``vlm.engines.onnx.PrefixKV`` for onnx).
 - ``image_pool``: average-pool the image-token grid to ``image_pool x image_pool`` tokens (``0`` = off).
   Changes what the LLM sees: only for models trained or checked with it (report its quality cost).
 """
@@ -33,6 +40,7 @@ from torch import nn
 
 log = logging.getLogger("vlm")
 _ATTENTION = ("sdpa", "eager")
+_ENGINES = ("torch", "onnx")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -40,6 +48,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 class InferenceOptions:
     """Which optimisations to apply. The defaults change nothing (the float32 reference path)."""
 
+    engine: str = "torch"
     dtype: str = "float32"
     int8: bool = False
     attention: str = "sdpa"
@@ -51,6 +60,11 @@ class InferenceOptions:
     image_pool: int = 0
 
     def __post_init__(self) -> None:
+        if self.engine not in _ENGINES:
+            raise ValueError(f"engine must be one of {list(_ENGINES)}, got {self.engine!r}")
+        if self.engine != "torch" and (self.dtype != "float32" or self.int8 or self.compile):
+            raise ValueError(f"the {self.engine} engine runs float32 weights; bf16, int8 and compile are "
+                             "levers of the torch engine")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
         if self.int8 and self.dtype != "float32":
@@ -70,7 +84,8 @@ class InferenceOptions:
 
     def label(self) -> str:
         """A short name for tables, e.g. ``int8+reuse_vision``."""
-        parts = [] if self.dtype == "float32" else [self.dtype]
+        parts = [] if self.engine == "torch" else [self.engine]
+        parts += [] if self.dtype == "float32" else [self.dtype]
         parts += ["int8"] if self.int8 else []
         parts += [] if self.attention == "sdpa" else [f"attn={self.attention}"]
         parts += [] if self.threads is None else [f"threads={self.threads}"]
@@ -86,32 +101,44 @@ class InferenceOptions:
     def with_(self, **changes) -> "InferenceOptions":
         return replace(self, **changes)
 
+    def with_levers(self, **levers) -> "InferenceOptions":
+        """These options with ``levers`` changed; a weight-changing lever (bf16, int8, compile) selects the torch
+        engine unless ``engine`` is given too."""
+        if levers.get("int8") or levers.get("compile") or levers.get("dtype", "float32") != "float32":
+            levers.setdefault("engine", "torch")
+        return replace(self, **levers)
 
-# Output-preserving levers (greedy answers identical to stock float32 transformers).
-DEFAULT = InferenceOptions(reuse_vision=True, prefix_cache=True)
+
+# Output-preserving levers (greedy answers identical to stock float32 transformers, checked by
+# tests/test_engine_onnx.py on real weights; the ONNX engine's logits differ by float rounding only).
+DEFAULT = InferenceOptions(engine="onnx", reuse_vision=True, prefix_cache=True)
 # The fastest measured path on this CPU (vlm/bench/README.md); int8 changes answers, see the agreement column.
 FAST = InferenceOptions(int8=True, reuse_vision=True, prefix_cache=True)
 
 
-LEVER_TOKENS = "default, fast, float32, bf16, int8, eager, tN (threads), compile, reuse, prefix, poolN"
+LEVER_TOKENS = "default, fast, onnx, torch, float32, bf16, int8, eager, tN (threads), compile, reuse, prefix, poolN"
 
 
 def parse_levers(spec: str) -> InferenceOptions:
-    """``"int8+reuse+t1"`` -> ``InferenceOptions`` (tokens: :data:`LEVER_TOKENS`, joined with ``+``)."""
+    """``"int8+reuse+t1"`` -> ``InferenceOptions`` (tokens: :data:`LEVER_TOKENS`, joined with ``+``). The torch
+    levers that change weights (bf16, int8, compile) select the torch engine, so ``default+int8`` is the
+    default caches on transformers with int8 weights."""
     opts = InferenceOptions()
     for tok in filter(None, spec.strip().split("+")):
         if tok in ("default", "fast"):
             opts = (DEFAULT if tok == "default" else FAST).with_(threads=opts.threads)
+        elif tok in _ENGINES:
+            opts = opts.with_(engine=tok)
         elif tok in ("float32", "fp32"):
             opts = opts.with_(dtype="float32")
         elif tok in ("bf16", "bfloat16"):
-            opts = opts.with_(dtype="bfloat16")
+            opts = opts.with_levers(dtype="bfloat16")
         elif tok == "int8":
-            opts = opts.with_(int8=True)
+            opts = opts.with_levers(int8=True)
         elif tok == "eager":
             opts = opts.with_(attention="eager")
         elif tok == "compile":
-            opts = opts.with_(compile=True)
+            opts = opts.with_levers(compile=True)
         elif tok == "reuse":
             opts = opts.with_(reuse_vision=True)
         elif tok == "prefix":
@@ -134,6 +161,8 @@ class InferenceState:
     options: InferenceOptions | None = None
     vision_cache: "VisionFeatureCache | None" = None
     prefix_cache: "PromptPrefixCache | None" = None
+    engine: Any = None  # the LLM's step engine (vlm.engines.onnx.OrtDecoder) when the onnx engine runs
+    engine_error: str | None = None  # why the requested engine did not start (generation then uses torch)
 
 
 def apply(vlm, options: InferenceOptions | None = None):
@@ -167,8 +196,30 @@ def apply(vlm, options: InferenceOptions | None = None):
         if state.prefix_cache is None:
             state.prefix_cache = PromptPrefixCache(model)
         state.prefix_cache.entry = None
+    if options.engine == "onnx":
+        if state.engine is None:
+            state.engine, state.engine_error = start_onnx_engine(model, options.threads, options.prefix_cache)
+        elif options.prefix_cache and state.engine.prefix is None:
+            from .engines.onnx import PrefixKV
+
+            state.engine.prefix = PrefixKV(model.config.image_token_id)
+    else:
+        state.engine = state.engine_error = None
     state.options = options
     return vlm
+
+
+def start_onnx_engine(model, threads: int | None, prefix: bool = False):
+    """``(OrtDecoder, None)`` for ``model``'s LLM (exported once, cached), or ``(None, why)`` with a logged warning:
+    a missing or failing engine never stops a model from loading; it generates with transformers instead."""
+    try:
+        from .engines.onnx import OrtDecoder
+
+        return OrtDecoder(model, threads=threads, prefix=prefix), None
+    except Exception as exc:  # noqa: BLE001 -- any failure falls back to the reference engine
+        why = f"{type(exc).__name__}: {exc}"
+        log.warning("the onnx engine did not start (%s); generating with transformers", why)
+        return None, why
 
 
 def quantise_llm_int8(model) -> None:

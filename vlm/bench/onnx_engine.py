@@ -43,33 +43,44 @@ class _Clock(StoppingCriteria):
         return torch.zeros((input_ids.shape[0],), dtype=torch.bool, device=input_ids.device)
 
 
+def _timed_kwargs(model, processor, prepared, stamps: list) -> dict:
+    """vlm's ``generate`` kwargs for ``prepared`` plus a clock criterion appending each token's time to ``stamps``."""
+    from vlm import generation
+
+    kwargs = generation.generate_kwargs(model, processor, prepared.options, prepared.prompt_width)
+    kwargs["stopping_criteria"] = StoppingCriteriaList([_Clock(stamps)])
+    return kwargs
+
+
 class TransformersPath:
     def __init__(self, name, vlm):
         self.name, self.vlm = name, vlm
 
     def run(self, prepared):
-        from vlm import generation
-
         model, processor, batch = self.vlm.model, self.vlm.processor, prepared.batch
-        kwargs = generation.generate_kwargs(model, processor, prepared.options, batch["input_ids"].shape[1])
         stamps: list[float] = []
-        kwargs["stopping_criteria"] = StoppingCriteriaList([_Clock(stamps)])
+        kwargs = _timed_kwargs(model, processor, prepared, stamps)
         start = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(**batch, **kwargs)
-        return out[0, batch["input_ids"].shape[1]:].tolist(), [t - start for t in stamps]
+        return out[0, prepared.prompt_width:].tolist(), [t - start for t in stamps]
 
 
 class EnginePath:
-    def __init__(self, name, decoder):
-        self.name, self.decoder = name, decoder
+    """``model.generate``'s loop (:mod:`vlm.engines.loop`) on a step engine: what ``VLM`` runs with the onnx lever."""
+
+    def __init__(self, name, decoder, vlm):
+        self.name, self.decoder, self.vlm = name, decoder, vlm
 
     def run(self, prepared):
+        from vlm.engines import loop
+
         stamps: list[float] = []
+        kwargs = _timed_kwargs(self.vlm.model, self.vlm.processor, prepared, stamps)
         start = time.perf_counter()
-        tokens = self.decoder.generate(prepared.batch, prepared.options.max_new_tokens,
-                                       on_token=lambda step: stamps.append(time.perf_counter()))
-        return tokens[0], [t - start for t in stamps]
+        with torch.inference_mode():
+            out = loop.run(self.decoder, prepared.batch, loop.settings(self.vlm.model, kwargs), kwargs)
+        return out[0, prepared.prompt_width:].tolist(), [t - start for t in stamps]
 
 
 class OVOnnxDecoder(OrtDecoder):
@@ -122,7 +133,7 @@ def make_paths(base, which, threads, log):
                 decoder = OrtDecoder(base.model, threads=threads, folder=Path(name[4:]))
             else:
                 decoder = builders[name]()
-            paths.append(EnginePath(name, decoder))
+            paths.append(EnginePath(name, decoder, base))
             log(f"built {name} in {time.perf_counter() - started:.1f} s")
         except Exception as exc:  # a path that does not build is reported, the others still run
             log(f"{name}: not built: {type(exc).__name__}: {exc}")

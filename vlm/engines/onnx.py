@@ -15,15 +15,15 @@ Contract
   past+n, head_dim]. The trace is made with a left-padded example, a non-empty past and n > 1, so the
   branches transformers takes at trace time (materialised padding mask, no ``is_causal`` shortcut, cache
   concatenation) are the general ones; the decode step (n = 1) runs the same graph.
-- :class:`OrtDecoder` runs it. :meth:`OrtDecoder.generate` takes the prepared batch of
-  :func:`vlm.generation.encode` / ``VLM.prepare`` (``input_ids``, ``attention_mask``, ``pixel_values``) and
-  returns each row's new token ids, greedy, as stock ``model.generate`` makes them with vlm's settings
-  (image token suppressed, stop at EOS, rows that stopped padded with ``pad``). For streaming or custom
-  logits processing use the per-step API: ``state = decoder.prefill(batch)`` gives ``state.logits`` [B, V]
-  (numpy float32, nothing suppressed), ``decoder.step(state, token_ids)`` feeds one token per row and returns
-  the next logits. The vision tower, projector and the merge of image features into the embeddings run in
-  torch on ``model`` (:func:`embed_prompt`, stock ``get_image_features`` + ``get_placeholder_mask``); only the
-  decoder runs on ONNX Runtime. Greedy only in :meth:`generate`: sampling, beams, penalties are not handled.
+- :class:`OrtDecoder` runs it, one step at a time: ``state = decoder.prefill(batch)`` on a prepared batch of
+  ``VLM.prepare`` (``input_ids``, ``attention_mask``, ``pixel_values``; left-padded rows allowed) gives
+  ``state.logits`` [B, V] (numpy float32, nothing suppressed); ``decoder.step(state, token_ids)`` feeds one
+  token per row and returns the next logits. :mod:`vlm.engines.loop` turns that into ``model.generate``'s
+  answers (logits processors, sampling, stopping); ``VLM`` uses it when loaded with the ``onnx`` engine lever.
+  The vision tower, projector and the merge of image features into the embeddings run in torch on ``model``
+  (:func:`embed_prompt`, stock ``get_image_features`` + ``get_placeholder_mask``, so the vision-feature cache
+  lever applies); only the decoder runs on ONNX Runtime.
+- The export cache keeps the :data:`KEEP` most recently used exports and deletes older ones.
 - Float32 throughout; logits differ from torch's by float rounding only, so greedy answers agree except
   where two tokens nearly tie (``python -m vlm.bench.onnx_engine`` measures it).
 """
@@ -32,6 +32,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,7 @@ from torch import nn
 
 log = logging.getLogger("vlm")
 
+KEEP = 4  # exports kept under cache_dir() (most recently used first)
 EXPORT_VERSION = "1"  # bump when the exported graph changes: old cache folders are then not reused
 GRAPH = "llm.onnx"
 INPUTS = ("inputs_embeds", "attention_mask", "position_ids")
@@ -110,8 +113,11 @@ def checkpoint_key(model) -> str:
 def export(model, folder: Path | None = None, force: bool = False) -> Path:
     """Export the LLM of llava ``model`` (float32) to ``folder`` (default ``cache_dir()/<checkpoint key>``)
     unless it is there already; returns the folder (``llm.onnx`` and ``export.json``)."""
+    cached = folder is None
     folder = Path(folder) if folder else cache_dir() / checkpoint_key(model)
     if (folder / GRAPH).exists() and (folder / "export.json").exists() and not force:
+        if cached:
+            os.utime(folder)  # most recently used: kept by prune()
         return folder
     lm, head, config = _llm_parts(model)
     from transformers import DynamicCache
@@ -136,7 +142,7 @@ def export(model, folder: Path | None = None, force: bool = False) -> Path:
     axes.update({name: {0: "batch", 2: "past"} for name in past_names})
     axes.update({name: {0: "batch", 2: "total"} for name in present_names})
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (GRAPH + ".tmp")
+    tmp = folder / f"{GRAPH}.{os.getpid()}.tmp"  # processes exporting the same checkpoint don't collide
     started = time.perf_counter()
     import warnings
 
@@ -151,7 +157,20 @@ def export(model, folder: Path | None = None, force: bool = False) -> Path:
             "model_type": config.model_type, "seconds": round(time.perf_counter() - started, 1)}
     (folder / "export.json").write_text(json.dumps(info, indent=1))
     log.info("exported the LLM to ONNX in %.1f s: %s", info["seconds"], folder)
+    if cached:
+        prune()
     return folder
+
+
+def prune(keep: int = KEEP) -> list[Path]:
+    """Delete all but the ``keep`` most recently used exports under :func:`cache_dir`; returns those deleted."""
+    root = cache_dir()
+    folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True) \
+        if root.is_dir() else []
+    for old in folders[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+        log.info("removed an old ONNX export: %s", old)
+    return folders[keep:]
 
 
 def embed_prompt(model, batch) -> torch.Tensor:
@@ -172,6 +191,40 @@ def embed_prompt(model, batch) -> torch.Tensor:
     return embeds
 
 
+class PrefixKV:
+    """The KV of the last single prompt's text before its first image (system prompt, chat header), reused by the
+    next single prompt that starts the same way (at least ``min_tokens``); ``hits`` / ``misses`` count lookups.
+    Image placeholder ids are never part of a prefix (they are the same for every image)."""
+
+    def __init__(self, image_token_id: int, min_tokens: int = 4):
+        self.image_token_id, self.min_tokens = image_token_id, min_tokens
+        self.entry: tuple[list[int], dict] | None = None  # (ids, KV per name), replaced as one object
+        self.hits = self.misses = 0
+
+    def limit(self, ids: list[int]) -> int:
+        """How many leading ids may be shared: up to the first image, else all but the last (it must run)."""
+        return ids.index(self.image_token_id) if self.image_token_id in ids else len(ids) - 1
+
+    def lookup(self, ids: list[int]) -> tuple[int, dict | None]:
+        """``(n, KV of the first n ids)`` shared with the stored prefix, or ``(0, None)``."""
+        entry, limit, shared = self.entry, self.limit(ids), 0
+        if entry is not None:
+            for a, b in zip(entry[0], ids[:limit]):
+                if a != b:
+                    break
+                shared += 1
+        if shared < self.min_tokens:
+            self.misses += 1
+            return 0, None
+        self.hits += 1
+        return shared, {name: kv[:, :, :shared] for name, kv in entry[1].items()}
+
+    def store(self, ids: list[int], present: dict) -> None:
+        limit = self.limit(ids)
+        if limit >= self.min_tokens:  # views: the KV arrays of a finished run are never written again
+            self.entry = (ids[:limit], {name: kv[:, :, :limit] for name, kv in present.items()})
+
+
 @dataclass
 class DecodeState:
     """One request's decoding state on :class:`OrtDecoder`: the mask, last positions, KV cache, and the
@@ -188,7 +241,8 @@ class OrtDecoder:
     intra-op threads (None: ORT's default); ``optimization``: ORT graph optimisation level name
     (``"all"``, ``"extended"``, ``"basic"``, ``"disable"``)."""
 
-    def __init__(self, model, threads: int | None = None, folder: Path | None = None, optimization: str = "all"):
+    def __init__(self, model, threads: int | None = None, folder: Path | None = None, optimization: str = "all",
+                 prefix: bool = False):
         import onnxruntime as ort
 
         folder = export(model, folder)
@@ -202,19 +256,15 @@ class OrtDecoder:
         }[optimization]
         self.session = ort.InferenceSession(str(folder / GRAPH), so, providers=["CPUExecutionProvider"])
         self._setup(model, folder)
+        self.prefix = PrefixKV(model.config.image_token_id) if prefix else None
 
     def _setup(self, model, folder: Path) -> None:
-        """What any runner of ``llm.onnx`` needs besides its session: shapes, embedding table, special ids."""
+        """What any runner of ``llm.onnx`` needs besides its session: shapes and the embedding table."""
         self.model, self.folder = model, folder
         info = json.loads((folder / "export.json").read_text())
         self.layers, self.kv_heads, self.head_dim = info["layers"], info["kv_heads"], info["head_dim"]
         self.past_names = kv_names(self.layers)
         self.embedding = model.model.get_input_embeddings().weight.detach().float().numpy()  # no copy
-        gen = model.generation_config
-        eos = gen.eos_token_id
-        self.eos = sorted(set(eos if isinstance(eos, (list, tuple)) else [eos]))
-        self.pad = gen.pad_token_id if gen.pad_token_id is not None else self.eos[0]
-        self.suppress = [model.config.image_token_id]
 
     def _run(self, state_past: dict, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray):
         feed = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions, **state_past}
@@ -222,15 +272,21 @@ class OrtDecoder:
         return logits, dict(zip(self.past_names, present))
 
     def prefill(self, batch) -> DecodeState:
-        """Run the prompt of a prepared batch (left-padded rows allowed); the state holds the next logits."""
+        """Run the prompt of a prepared batch (left-padded rows allowed); the state holds the next logits. With
+        ``prefix`` on, a single prompt starts from the stored KV of the text it shares with the last one."""
         embeds = embed_prompt(self.model, batch).float().numpy()
         mask = batch["attention_mask"].numpy().astype(np.int64)
         positions = np.cumsum(mask, axis=1) - 1
         positions[mask == 0] = 1  # what transformers' generate gives padded positions
         rows = embeds.shape[0]
-        empty = {n: np.zeros((rows, self.kv_heads, 0, self.head_dim), np.float32) for n in self.past_names}
-        logits, past = self._run(empty, embeds, mask, positions)
-        return DecodeState(mask, positions[:, -1:], past, logits)
+        ids = batch["input_ids"][0].tolist() if rows == 1 and self.prefix is not None else None
+        start, past = (0, None) if ids is None else self.prefix.lookup(ids)
+        if past is None:
+            past = {n: np.zeros((rows, self.kv_heads, 0, self.head_dim), np.float32) for n in self.past_names}
+        logits, present = self._run(past, embeds[:, start:], mask, positions[:, start:])
+        if ids is not None:
+            self.prefix.store(ids, present)
+        return DecodeState(mask, positions[:, -1:], present, logits)
 
     def step(self, state: DecodeState, token_ids) -> np.ndarray:
         """Feed one token per row; updates ``state`` and returns the next logits [B, V]."""
@@ -240,29 +296,3 @@ class OrtDecoder:
         state.logits, state.past = self._run(state.past, self.embedding[tokens][:, None, :], state.mask,
                                              state.positions)
         return state.logits
-
-    def generate(self, batch, max_new_tokens: int, on_token=None) -> list[list[int]]:
-        """Greedy new tokens of each row of a prepared batch (EOS included when produced; rows that stopped
-        earlier padded with ``pad``, as ``model.generate`` pads). ``on_token(step)`` is called after each step."""
-        state = self.prefill(batch)
-        rows = state.logits.shape[0]
-        out: list[list[int]] = [[] for _ in range(rows)]
-        done = np.zeros(rows, dtype=bool)
-        for i in range(max_new_tokens):
-            logits = state.logits
-            logits[:, self.suppress] = -np.inf
-            tokens = np.where(done, self.pad, logits.argmax(axis=-1))
-            for r in range(rows):
-                out[r].append(int(tokens[r]))
-            done |= np.isin(tokens, self.eos)
-            if on_token is not None:
-                on_token(i)
-            if done.all() or i == max_new_tokens - 1:
-                break
-            self.step(state, tokens)
-        return out
-
-    def answers(self, processor, batch, max_new_tokens: int) -> list[str]:
-        """Decoded answers, as :func:`vlm.generation.generate` returns them (stripped, special tokens skipped)."""
-        tokens = self.generate(batch, max_new_tokens)
-        return [t.strip() for t in processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
