@@ -177,3 +177,22 @@ def test_prune_keeps_the_most_recently_used_exports(tmp_path, monkeypatch):
     removed = ox.prune(keep=4)
     assert sorted(p.name for p in removed) == ["export1", "export2"]
     assert sorted(p.name for p in root.iterdir()) == ["export0", "export3", "export4", "export5"]
+
+
+def test_onnx_export_folder_answers_as_the_torch_model(tiny, photos, tmp_path):
+    """``vlm export --format onnx`` writes a folder that ONNX Runtime runs alone (OnnxVLM: no torch weights)."""
+    from vlm.cli import main
+    from vlm.engines.onnx_export import OnnxVLM
+
+    out = tmp_path / "vlm-tiny-onnx"
+    assert main(["export", "--format", "onnx", "--model", "vlm-tiny", "--out", str(out)]) == 0
+    assert {"llm.onnx", "vision.onnx", "embed_tokens.safetensors", "config.json", "export.json"} <= \
+        {p.name for p in out.iterdir()}
+    runner = OnnxVLM(out, threads=2)
+    for photo in photos[:2]:
+        assert runner.ask(photo, "Describe the image.", max_new_tokens=24) == \
+            tiny.ask(photo, "Describe the image.", max_new_tokens=24, ocr="never")
+    assert runner.ask(None, "What is the capital of France?", max_new_tokens=8) == \
+        tiny.ask(None, "What is the capital of France?", max_new_tokens=8)
+    with pytest.raises(FileNotFoundError, match="not a vlm ONNX export"):
+        OnnxVLM(tmp_path)

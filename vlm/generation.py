@@ -179,7 +179,7 @@ def trim_stop(text: str, stops: list[str]) -> str:
 
 
 @contextlib.contextmanager
-def _seeded(seed: int | None):
+def seeded(seed: int | None):
     if seed is None:
         yield
         return
@@ -266,7 +266,7 @@ def generate(model, processor, prepared: Prepared, cancel: threading.Event | Non
     with the generated token ids. ``engine``: a step engine for the LLM (``vlm.inference.engine``, e.g.
     ``vlm.engines.onnx.OrtDecoder``) or None; requests it can't reproduce (beams) run on ``model``."""
     kwargs = _request_kwargs(model, processor, prepared, _criteria(prepared, cancel, tally))
-    with torch.inference_mode(), _seeded(prepared.options.seed):
+    with torch.inference_mode(), seeded(prepared.options.seed):
         out = _run_generate(model, prepared.batch, kwargs, prefix_cache, engine)
     texts = processor.tokenizer.batch_decode(out[:, prepared.prompt_width:], skip_special_tokens=True)
     return [trim_stop(t, prepared.options.stop).strip() for t in texts]
@@ -288,7 +288,7 @@ def stream(model, processor, prepared: Prepared, cancel: threading.Event | None 
 
     def run():
         try:
-            with torch.inference_mode(), _seeded(opts.seed):
+            with torch.inference_mode(), seeded(opts.seed):
                 _run_generate(model, prepared.batch, kwargs, prefix_cache, engine)
         except BaseException as exc:  # re-raised in the consumer's thread
             errors.append(exc)

