@@ -358,3 +358,17 @@ def test_examples_are_drawn(tmp_path):
     for ex in CHAT_EXAMPLES + EXTRACT_EXAMPLES:
         img = Image.open(paths[ex.name])
         assert img.size[0] >= 200 and len(img.convert("L").getcolors(256) or []) > 2
+
+
+def test_engine_survives_jobs_that_finish_before_submit_returns(tiny_vlm):
+    """Regression: a job that finished before ``submit`` started its timeout timer used to kill its worker
+    (the timer did not exist yet), and the server then hung. Hundreds of instant jobs on two workers."""
+    eng = _engine(tiny_vlm, concurrency=2, queue_size=1000)
+    try:
+        jobs = [eng.submit(lambda job, i=i: i) for i in range(300)]
+        assert [job.wait() for job in jobs] == list(range(300))
+        assert eng.submit(lambda job: "still serving").wait() == "still serving"
+        snap = eng.snapshot()
+        assert snap["running"] == 0 and snap["queued"] == 0
+    finally:
+        eng.close()
