@@ -12,9 +12,11 @@ assistant text.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..ocr import OcrLine, same_row
+from .layout import LineChoice
 from .patterns import AMOUNT_PATTERN, DATE_PATTERN
 
 CELL_SEP = "\t"
@@ -83,6 +85,14 @@ class Template:
     freeform: bool = False
     patterns: dict[str, str] = field(default_factory=dict)  # field -> value pattern (see ``patterns``)
     upper_fields: tuple[str, ...] = ()  # values returned upper-cased (the template's labelling convention)
+    # field -> decoded as a choice among whole OCR rows / runs of consecutive rows (see ``layout``)
+    lines: dict[str, LineChoice] = field(default_factory=dict)
+    # A rule-based reader of the page (OCR lines -> {field: value or None}, e.g. ``receipt_rules.extract_fields``)
+    # as evidence: a field in ``reader_fields`` is decoded as the reader's value when the reader has one (the
+    # model writes it, so the fields after it are decoded given it); any field the model leaves null takes
+    # the reader's value. Only with grounding (the reader's values come from the OCR text).
+    reader: Callable[[list[OcrLine]], dict] | None = None
+    reader_fields: tuple[str, ...] = ()
 
     def prompt(self, ocr_text: str) -> str:
         if self.freeform:
