@@ -239,3 +239,16 @@ def extract_fields(lines: Sequence[Any]) -> dict[str, str | None]:
     rows = ocr_rows(lines)
     company, address = extract_company_address(rows)
     return {"company": company, "date": extract_date(rows), "address": address, "total": extract_total(rows)}
+
+
+_POSTCODE = re.compile(r"(?<!\d)\d{5}(?!\d)")
+
+
+def evidence(lines: Sequence[Any]) -> dict[str, str | None]:
+    """The rules' values where they are reliable, as the receipt template's reader (``Template.reader``):
+    :func:`extract_fields`, except an address without a five-digit postcode, which is left to the model
+    (on the SROIE train split such addresses were right 5 times in 80, those with a postcode 168 in 325)."""
+    found = extract_fields(lines)
+    if found["address"] and not _POSTCODE.search(found["address"]):
+        found["address"] = None
+    return found
