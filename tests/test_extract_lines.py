@@ -132,3 +132,14 @@ def test_reader_fills_what_the_model_leaves_null(tiny, aeon):
     # a reader field: the model writes the reader's value
     forced = replace(t, patterns={}, lines={"company": LineChoice(top=3, max_rows=1)}, reader_fields=("company",))
     assert tiny.extract(image, template=forced)["company"] == "AEON CO. (M) BHD"
+
+
+def test_receipt_evidence_leaves_an_address_without_postcode_to_the_model(data_dir, aeon):
+    _, lines, key = aeon
+    ev = receipt_rules.evidence(lines)
+    assert ev == receipt_rules.extract_fields(lines) and ev["address"] == key["address"]  # postcode 55100: kept
+    # a train receipt where the rules take a registration-number row for the address: no postcode, no evidence
+    other = run_ocr(data_dir / "sroie" / "images" / "X51005447861.jpg")
+    assert receipt_rules.extract_fields(other)["address"] == "(CO. NO. 113825-W)"
+    assert receipt_rules.evidence(other)["address"] is None
+    assert TEMPLATES["receipt"].reader is receipt_rules.evidence
