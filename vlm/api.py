@@ -301,7 +301,7 @@ class VLM:
         ``ocr_engine``: ``"rapidocr"``, ``"tesseract"`` or ``"both"`` (default: ``vlm.ocr.DEFAULT_ENGINE``).
         ``sources=True``: returns ``(result, boxes)``, ``boxes`` the OCR lines (page, box, text) each value came
         from (``vlm.extract.sources``)."""
-        from .extract import extract
+        from .extract.extract import extract  # the function: importing the submodule elsewhere first rebinds vlm.extract.extract to it
 
         return extract(self, source, fields=fields, schema=schema, pages=pages, template=template,
                        ocr_engine=ocr_engine, sources=sources, **gen)

@@ -28,7 +28,8 @@ from ..documents import iter_pages
 from ..errors import InputError
 from ..messages import user_turn
 from ..ocr import OcrEngine, OcrLine, check_engine, run_ocr
-from .constrained import JsonObjectMachine, ValueRule
+from .constrained import JsonObjectMachine, ValueRule, token_texts
+from .layout import line_candidates, ocr_rows
 from .patterns import candidates
 from .prompts import Template, fields_prompt, format_ocr, freeform_prompt, get_template
 from .schema import DocSchema, coerce, resolve_schema, validate
@@ -44,18 +45,40 @@ def default_max_new_tokens(doc: DocSchema) -> int:
     return 16 + sum(8 + min(64, f.max_length // 3 + 4) for f in doc.fields)
 
 
-def _machine(doc: DocSchema, ocr_text: str | None) -> JsonObjectMachine:
-    """The decoder's acceptor; with ``ocr_text`` values are grounded in it, and pattern fields become a
-    choice among the OCR substrings matching their pattern."""
+def _machine(doc: DocSchema, ocr_text: str | None, lines: list[OcrLine] | None = None,
+             evidence: dict | None = None, writable: frozenset[str] | None = None) -> JsonObjectMachine:
+    """The decoder's acceptor; with ``ocr_text`` values are grounded in it, pattern fields become a
+    choice among the OCR substrings matching their pattern, line fields (with the page's ``lines``) a
+    choice among whole rows / runs of rows (``layout.line_candidates``), and a reader field with a value in
+    ``evidence`` that value. With ``writable`` (the characters the tokenizer has a token of their own for),
+    line and evidence choices holding any other character are dropped: the decoder could not finish them."""
     if doc.freeform:
         return JsonObjectMachine(None, corpus=ocr_text)
     rules = []
+    rows = None
+    evidence = evidence or {}
     for f in doc.fields:
         choices = f.choices
-        if choices is None and f.pattern and ocr_text is not None:
+        if (choices is None and ocr_text is not None and f.name in doc.reader_fields and evidence.get(f.name)
+                and _can_write(evidence[f.name], writable)):
+            choices = (evidence[f.name],)
+        elif choices is None and f.pattern and ocr_text is not None:
             choices = tuple(c for c in candidates(f.pattern, ocr_text) if len(c) <= f.max_length)
+        elif choices is None and f.lines is not None and ocr_text is not None and lines is not None:
+            rows = ocr_rows(lines) if rows is None else rows
+            choices = tuple(c for c in line_candidates(rows, f.lines, f.max_length) if _can_write(c, writable))
         rules.append(ValueRule(choices, f.max_length))
     return JsonObjectMachine(doc.names, rules, corpus=ocr_text)
+
+
+def _can_write(value: str, writable: frozenset[str] | None) -> bool:
+    return writable is None or all(ch in writable for ch in value)
+
+
+def _writable(vlm) -> frozenset[str]:
+    """Characters with a token of their own: any string of them can be decoded (``"À"`` has none in SmolLM2's
+    byte-level vocabulary, only as part of longer tokens, so a choice holding it can dead-end)."""
+    return frozenset(t for t in token_texts(vlm.processor.tokenizer).texts if t and len(t) == 1)
 
 
 def _prompt(doc: DocSchema, ocr_text: str) -> str:
@@ -104,12 +127,26 @@ def extract_page(vlm, image, lines: list[OcrLine], doc: DocSchema, opts: Generat
     # repetition rules or beams to fight it); the OCR text is in the prompt already
     plain = GenerationOptions(max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, top_p=opts.top_p,
                               seed=opts.seed)
-    machine = _machine(doc, ocr_text if ground else None)
+    evidence = _evidence(doc, lines) if ground else {}
+    machine = _machine(doc, ocr_text if ground else None, lines, evidence, _writable(vlm))
     prepared = vlm.prepare([user_turn(image, _prompt(doc, shown))], plain, ocr="never", answer_format=machine)
     tally = generation.Tally()
     vlm.generate(prepared, tally=tally)
     (proc,) = prepared.logits_processors
-    return proc.values(tally.row())
+    values = proc.values(tally.row())
+    for name, value in evidence.items():  # the reader fills what the model left null
+        if values.get(name) is None and value:
+            values[name] = value
+    return values
+
+
+def _evidence(doc: DocSchema, lines: list[OcrLine]) -> dict:
+    """The template reader's values for this page's fields (strings only; ``{}`` without a reader)."""
+    if doc.freeform or doc.reader is None:
+        return {}
+    found = doc.reader(lines) or {}
+    names = set(doc.names)
+    return {k: " ".join(v.split()) for k, v in found.items() if k in names and isinstance(v, str) and v.strip()}
 
 
 def _typed(doc: DocSchema, raw: dict) -> dict:

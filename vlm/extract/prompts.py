@@ -12,9 +12,12 @@ assistant text.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..ocr import OcrLine, same_row
+from . import receipt_rules
+from .layout import LineChoice
 from .patterns import AMOUNT_PATTERN, DATE_PATTERN
 
 CELL_SEP = "\t"
@@ -83,6 +86,14 @@ class Template:
     freeform: bool = False
     patterns: dict[str, str] = field(default_factory=dict)  # field -> value pattern (see ``patterns``)
     upper_fields: tuple[str, ...] = ()  # values returned upper-cased (the template's labelling convention)
+    # field -> decoded as a choice among whole OCR rows / runs of consecutive rows (see ``layout``)
+    lines: dict[str, LineChoice] = field(default_factory=dict)
+    # A rule-based reader of the page (OCR lines -> {field: value or None}, e.g. ``receipt_rules.extract_fields``)
+    # as evidence: a field in ``reader_fields`` is decoded as the reader's value when the reader has one (the
+    # model writes it, so the fields after it are decoded given it); any field the model leaves null takes
+    # the reader's value. Only with grounding (the reader's values come from the OCR text).
+    reader: Callable[[list[OcrLine]], dict] | None = None
+    reader_fields: tuple[str, ...] = ()
 
     def prompt(self, ocr_text: str) -> str:
         if self.freeform:
@@ -95,9 +106,16 @@ TEMPLATES: dict[str, Template] = {
     # date and total are chosen among the OCR's date- and amount-shaped strings. Company and address come
     # back upper-cased, as SROIE labels them (and the model is trained to write them); grounding ignores
     # case, so a value copied from mixed-case OCR ("Plaza") would otherwise keep a mixed case.
+    # Company and address are whole OCR rows / runs of rows from the top of the receipt (``layout``): the model
+    # picks a line instead of copying part of one. The receipt rules (``receipt_rules.evidence``) are the
+    # reader: where they have a value the model writes it, the model decides where they have none (no date
+    # found, no company row, an address without a postcode). Chosen on SROIE train receipts (docs/extraction.md).
     "receipt": Template("receipt", ("company", "date", "address", "total"),
                         patterns={"date": DATE_PATTERN, "total": AMOUNT_PATTERN},
-                        upper_fields=("company", "address")),
+                        upper_fields=("company", "address"),
+                        lines={"company": LineChoice(top=8, max_rows=2, strip_ids=True),
+                               "address": LineChoice(top=8, max_rows=4)},
+                        reader=receipt_rules.evidence, reader_fields=("company", "date", "address", "total")),
     "invoice": Template(
         "invoice",
         ("invoice_number", "invoice_date", "due_date", "seller", "buyer", "subtotal", "tax", "total", "currency"),

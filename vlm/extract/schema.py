@@ -49,6 +49,7 @@ class FieldSpec:
     description: str | None = None
     pattern: str | None = None  # values are OCR substrings matching it (see ``patterns``)
     upper: bool = False  # string values are returned upper-cased (a template's convention, e.g. SROIE keys)
+    lines: Any = None  # a ``layout.LineChoice``: the value is a whole OCR row or run of rows (a template's)
     # The JSON Schema allows null here (null among its types, an X-or-null union, null in its enum). Extraction
     # ignores it (every field is nullable there); ``structured`` answers forbid null where this is False.
     nullable: bool = True
@@ -69,6 +70,9 @@ class DocSchema:
     freeform: bool = False
     json_schema: dict | None = None  # the user's JSON Schema, for validation
     model: Any = None  # the user's pydantic model class, for validation
+    # a template's rule-based reader: page OCR lines -> {field: value or None} (see ``prompts.Template.reader``)
+    reader: Any = None
+    reader_fields: tuple[str, ...] = ()  # fields taken from the reader when it has a value
 
     @property
     def names(self) -> list[str]:
@@ -83,7 +87,7 @@ class DocSchema:
 
 
 # -- building --------------------------------------------------------------------------------------
-def from_fields(fields, date_fields=(), descriptions=None, patterns=None, upper=()) -> DocSchema:
+def from_fields(fields, date_fields=(), descriptions=None, patterns=None, upper=(), lines=None) -> DocSchema:
     if isinstance(fields, str):
         fields = [f for f in (p.strip() for p in fields.split(",")) if f]
     if not isinstance(fields, (list, tuple)) or not fields:
@@ -95,9 +99,9 @@ def from_fields(fields, date_fields=(), descriptions=None, patterns=None, upper=
         if f.strip() in names:
             raise SchemaError(f"field {f.strip()!r} is listed twice")
         names.append(f.strip())
-    descriptions, patterns = descriptions or {}, patterns or {}
+    descriptions, patterns, lines = descriptions or {}, patterns or {}, lines or {}
     return DocSchema([FieldSpec(n, format="date" if n in date_fields else None, description=descriptions.get(n),
-                                pattern=patterns.get(n), upper=n in upper) for n in names])
+                                pattern=patterns.get(n), upper=n in upper, lines=lines.get(n)) for n in names])
 
 
 def _resolve(prop: dict, root: dict) -> dict:
@@ -215,7 +219,9 @@ def resolve_schema(fields=None, schema=None, template=None) -> DocSchema:
         t = get_template(template) if isinstance(template, str) else template
         if t.freeform:
             return DocSchema(freeform=True)
-        return from_fields(list(t.fields), t.date_fields, t.descriptions, t.patterns, t.upper_fields)
+        doc = from_fields(list(t.fields), t.date_fields, t.descriptions, t.patterns, t.upper_fields, t.lines)
+        doc.reader, doc.reader_fields = t.reader, tuple(t.reader_fields)
+        return doc
     if schema is not None:
         if isinstance(schema, dict):
             return from_json_schema(schema)
