@@ -1,5 +1,5 @@
-"""Training benchmark: ``vlm.train.loop.train`` (feature cache, length grouping, frozen weights in bf16 + bf16
-autocast, as the vlm-tiny recipe runs) vs a naive loop.
+"""Training benchmark: ``vlm.train.loop.train`` (feature cache, length grouping; frozen weights in bf16 + bf16
+autocast where the CPU has AMX, float32 otherwise: :func:`vlm.hardware.bf16_is_fast`) vs a naive loop.
 
 The naive loop is what one writes first: the full llava forward with ``pixel_values`` (the frozen tower runs
 every step), batches in plain random order (no length grouping), float32, AdamW on the same trainable
@@ -73,11 +73,14 @@ def _step_rates(metrics: Path) -> list[float]:
 
 def run_vlm_loop(stage: int, data: Path, model: str, vision: str | None, out: Path, cache: Path,
                  cfg: TrainingBenchConfig) -> dict:
+    from vlm.hardware import bf16_is_fast
     from vlm.train.config import LoraSettings, stage1_defaults, stage2_defaults
     from vlm.train.loop import train
 
+    bf16 = bf16_is_fast("cpu")  # without AMX, bf16 matmuls are emulated and several times slower than float32
     common = dict(data=str(data), model=model, out=str(out), max_steps=cfg.steps + 1, batch_size=cfg.batch_size,
-                  bf16=True, dtype="bfloat16", cache_dir=str(cache), seed=0, save_every=0, log_every=1)
+                  bf16=bf16, dtype="bfloat16" if bf16 else "float32", cache_dir=str(cache), seed=0, save_every=0,
+                  log_every=1)
     if stage == 1:
         tcfg = stage1_defaults(vision=vision, **common)
     else:
@@ -194,7 +197,8 @@ def run(args, base_vlm, info, log=print) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"config": cfg.__dict__, "stages": stages,
-            "note": "vlm loop = vlm.train.loop.train (feature cache, length grouping, frozen weights bf16, bf16 autocast); "
+            "note": "vlm loop = vlm.train.loop.train (feature cache, length grouping; frozen weights bf16 and bf16 "
+                    "autocast where the CPU has AMX, float32 otherwise); "
                     "naive = tower every step, random order, float32"}
 
 
