@@ -44,6 +44,11 @@ _ENGINES = ("torch", "onnx")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+def _torch_only(dtype: str = "float32", int8: bool = False, compile: bool = False, **_) -> bool:
+    """Whether these lever values exist only on the torch engine (they change the weights it runs)."""
+    return dtype != "float32" or bool(int8) or bool(compile)
+
+
 @dataclass
 class InferenceOptions:
     """Which optimisations to apply. The defaults change nothing (the float32 reference path)."""
@@ -62,7 +67,7 @@ class InferenceOptions:
     def __post_init__(self) -> None:
         if self.engine not in _ENGINES:
             raise ValueError(f"engine must be one of {list(_ENGINES)}, got {self.engine!r}")
-        if self.engine != "torch" and (self.dtype != "float32" or self.int8 or self.compile):
+        if self.engine != "torch" and _torch_only(self.dtype, self.int8, self.compile):
             raise ValueError(f"the {self.engine} engine runs float32 weights; bf16, int8 and compile are "
                              "levers of the torch engine")
         if self.dtype not in _DTYPES:
@@ -104,7 +109,7 @@ class InferenceOptions:
     def with_levers(self, **levers) -> "InferenceOptions":
         """These options with ``levers`` changed; a weight-changing lever (bf16, int8, compile) selects the torch
         engine unless ``engine`` is given too."""
-        if levers.get("int8") or levers.get("compile") or levers.get("dtype", "float32") != "float32":
+        if _torch_only(**levers):
             levers.setdefault("engine", "torch")
         return replace(self, **levers)
 

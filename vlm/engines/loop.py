@@ -90,8 +90,9 @@ def criteria(config, prompt_width: int, tokenizer, custom) -> StoppingCriteriaLi
         if tokenizer is None:
             raise ValueError("stop_strings need the tokenizer (pass tokenizer=...)")
         out.append(StopStringCriteria(stop_strings=config.stop_strings, tokenizer=tokenizer))
-    if _as_list(config.eos_token_id):
-        out.append(EosTokenCriteria(eos_token_id=_as_list(config.eos_token_id)))
+    eos = _as_list(config.eos_token_id)
+    if eos:
+        out.append(EosTokenCriteria(eos_token_id=eos))
     out.extend(custom or [])
     return out
 
