@@ -196,3 +196,45 @@ def test_onnx_export_folder_answers_as_the_torch_model(tiny, photos, tmp_path):
         tiny.ask(None, "What is the capital of France?", max_new_tokens=8)
     with pytest.raises(FileNotFoundError, match="not a vlm ONNX export"):
         OnnxVLM(tmp_path)
+
+
+def test_extend_and_truncate_agree_with_single_steps(tiny, fast, photos):
+    """Several tokens fed at once give the logits single steps give (float rounding apart); truncating them
+    and feeding one again gives that token's logits."""
+    prepared = fast.prepare([user_turn(photos[0], "Describe the image.")], max_new_tokens=8, ocr="never")
+    engine = fast.inference.engine
+    assert engine.can_extend
+    ids = new_ids(tiny, prepared)[0][:5]
+    one = engine.prefill(prepared.batch)
+    steps = [engine.step(one, [t])[0].copy() for t in ids]
+    many = engine.prefill(prepared.batch)
+    outs = engine.extend(many, ids)
+    assert outs.shape == (len(ids), one.logits.shape[-1])
+    np.testing.assert_allclose(outs, np.stack(steps), atol=2e-3, rtol=0)
+    engine.truncate(many, 3)
+    assert many.mask.shape[1] == prepared.prompt_width + 2
+    assert all(kv.shape[2] == prepared.prompt_width + 2 for kv in many.past.values())
+    np.testing.assert_allclose(engine.step(many, [ids[2]])[0], steps[2], atol=2e-3, rtol=0)
+
+
+def test_jump_forward_extraction_is_greedy_decoding_in_fewer_engine_calls(tiny, fast, receipt, monkeypatch):
+    """The JSON grammar's forced text (keys, the shared part of a value's choices) is fed in one engine call
+    and verified: same ids as token-by-token decoding on the same engine and as transformers, far fewer calls."""
+    engine = fast.inference.engine
+    calls = {"step": 0, "extend": 0}
+    for name in calls:
+        original = getattr(engine, name)
+
+        def counted(*a, _name=name, _original=original, **kw):
+            calls[_name] += 1
+            return _original(*a, **kw)
+
+        monkeypatch.setattr(engine, name, counted)
+    jumped = fast.extract(receipt, template="receipt")
+    jumped_calls = dict(calls)
+    monkeypatch.setattr(loop, "MAX_DRAFT", 0)
+    calls.update(step=0, extend=0)
+    stepped = fast.extract(receipt, template="receipt")
+    assert jumped == stepped == tiny.extract(receipt, template="receipt")
+    assert calls["extend"] == 0 and jumped_calls["extend"] > 0
+    assert sum(jumped_calls.values()) * 3 < calls["step"], (jumped_calls, calls)

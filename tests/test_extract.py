@@ -114,6 +114,50 @@ def test_processor_masks_to_allowed_tokens(tiny_vlm):
     assert proc.full_scans == 1  # uniform scores: top-k held nothing useful, the trie walk found them
 
 
+def test_forced_text_is_what_every_continuation_starts_with():
+    """What jump-forward decoding may feed unasked: literals, null where nothing else fits, the shared part of a
+    value's choices; never a point where the value may end or go on, free text or an escape."""
+    rules = [ValueRule(choices=("SHOP A SDN BHD", "SHOP A SDN BHD (HQ)", "SHOP B")), ValueRule(choices=()),
+             ValueRule(choices=('SAY "HI"',)), ValueRule()]
+    m = JsonObjectMachine(["company", "none", "quote", "free"], rules)
+    assert m.forced(m.start()) == '{"company": '
+    state = m.feed(m.start(), '{"company": "S')
+    assert m.forced(state) == "HOP "  # A or B next
+    state = m.feed(state, "HOP A")
+    assert m.forced(state) == " SDN BHD"  # then it may close or go on with " (HQ)"
+    closed = m.feed(state, ' SDN BHD"')
+    assert m.forced(closed) == ', "none": null, "quote": '  # no choice for "none": only null
+    inside = m.feed(closed, ', "none": null, "quote": "')
+    assert m.forced(inside) == "SAY "  # the quote inside the value is written escaped: not forced
+    assert m.forced(m.feed(inside, 'SAY \\"HI\\"')) == '", "free": '
+    assert m.forced(m.feed(inside, 'SAY \\"HI\\"", "free": "x')) == ""
+    done = m.feed(inside, 'SAY \\"HI\\"", "free": null}')
+    assert m.is_done(done) and m.forced(done) == ""
+    for text in (m.forced(m.start()), "HOP "):  # forced text is always accepted
+        assert m.feed(m.start() if text.startswith("{") else m.feed(m.start(), '{"company": "S'), text) is not None
+
+
+def test_processor_drafts_forced_tokens(tiny_vlm):
+    import torch
+
+    tok = tiny_vlm.processor.tokenizer
+    texts = token_texts(tok)
+    m = JsonObjectMachine(["total"], [ValueRule(choices=("12.50",))])
+    proc = JsonLogitsProcessor(m, texts, [tok.eos_token_id], prompt_length=0,
+                               encode=lambda text: tok.encode(text, add_special_tokens=False))
+    empty = torch.zeros(1, 0, dtype=torch.long)
+    proc(empty, torch.zeros(1, len(tok)))
+    draft = proc.draft(empty)
+    assert tok.decode(draft) == '{"total": '
+    ids = torch.tensor([draft + tok.encode('"', add_special_tokens=False)])
+    proc(ids, torch.zeros(1, len(tok)))
+    assert tok.decode(proc.draft(ids)) == '12.50"}'
+    end = torch.tensor([ids[0].tolist() + proc.draft(ids)])
+    assert proc.draft(end) == [tok.eos_token_id]  # the object is closed: only the end may follow
+    assert proc.draft(torch.zeros(2, 0, dtype=torch.long)) == []  # one row only
+    assert "".join(texts.texts[t] for t in texts.longest_match("SDN BHD")) == "SDN BHD"
+
+
 # -- structured answers (typed, ungrounded: OpenAI's response_format) -----------------------------------
 TYPED = {"type": "object", "properties": {
     "name": {"type": "string", "maxLength": 8}, "count": {"type": "integer"}, "price": {"type": ["number", "null"]},

@@ -163,6 +163,42 @@ def test_parts_round_trip_identical_logits(tiny_llm_dir, tiny_vision_config, pho
     assert VLM.load(tmp_path / "parts").info()["image_tokens"] == vlm.model.config.image_seq_length
 
 
+def test_stage2_continues_a_parts_folder_and_saves_parts(tiny_llm_dir, tiny_vision_config, llava_json, photo,
+                                                         tmp_path, reset_accelerate):
+    """Fine-tuning a shipped model: stage 2 started from a parts folder trains its adapter and projector further
+    and writes a parts folder over the same base, keeping the folder's ``clip/``."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+
+    from vlm import VLM
+    from vlm.parts import save_parts
+    from vlm.train.loop import train
+    from vlm.train.recipes.common import llm_linear_regex
+
+    torch.manual_seed(0)
+    vlm = VLM.build(tiny_vision_config, tiny_llm_dir, dtype="float32")
+    peft_model = get_peft_model(vlm.model, LoraConfig(r=4, lora_alpha=8, target_modules=llm_linear_regex(vlm.model)))
+    randomise_lora(peft_model)
+    start = save_parts(peft_model, vlm.processor, tmp_path / "start", str(tiny_llm_dir),
+                       vlm.processor.tokenizer.vocab_size)
+    (start / "clip").mkdir()
+    (start / "clip" / "marker.json").write_text("{}")
+
+    out = tmp_path / "tuned"
+    cfg = stage2_cfg(llava_json, start, out, tmp_path / "cache", lr=1e-2)
+    cfg.lora.r = 16  # ignored: the folder's adapter (r=4) is trained further
+    train(cfg)
+    before, after = json.loads((start / "vlm_parts.json").read_text()), json.loads((out / "vlm_parts.json").read_text())
+    assert after["base_llm"] == before["base_llm"] and after["base_vocab_size"] == before["base_vocab_size"]
+    assert (out / "clip" / "marker.json").exists()
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4
+    a0, a1 = load_file(start / "adapter" / "adapter_model.safetensors"), load_file(out / "adapter" / "adapter_model.safetensors")
+    assert a0.keys() == a1.keys() and any(not torch.equal(a0[k], a1[k]) for k in a0)
+    p0, p1 = load_file(start / "projector.safetensors"), load_file(out / "projector.safetensors")
+    assert any(not torch.equal(p0[k], p1[k]) for k in p0)
+    assert VLM.load(out).ask(photo, "What is it?", max_new_tokens=3) is not None
+
+
 def test_export_rejects_a_plain_llava_folder(tiny_stage1, tmp_path):
     from vlm.cli import main
 

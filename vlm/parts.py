@@ -131,13 +131,11 @@ def save_parts(model, processor, out: str | os.PathLike, base_llm: str, base_voc
     return out
 
 
-def load_parts(path: str | os.PathLike, dtype: torch.dtype = torch.float32, merge: bool = False):
-    """(llava model, processor) from a parts folder; the LoRA stays unmerged unless ``merge``."""
-    from transformers import AutoProcessor
+def is_parts_folder(path: str | os.PathLike) -> bool:
+    return (Path(path) / MANIFEST).is_file()
 
-    from . import compose
-    from .vision import load_vision
 
+def read_manifest(path: str | os.PathLike) -> dict:
     path = Path(path)
     try:
         manifest = json.loads((path / MANIFEST).read_text())
@@ -145,7 +143,28 @@ def load_parts(path: str | os.PathLike, dtype: torch.dtype = torch.float32, merg
         raise ModelNotFoundError(f"{path} is not a readable parts folder: {exc}") from None
     if manifest.get("format") not in READABLE:
         raise ModelNotFoundError(f"{path}: unsupported parts format {manifest.get('format')!r} (readable: {READABLE})")
+    return manifest
 
+
+def load_parts(path: str | os.PathLike, dtype: torch.dtype = torch.float32, merge: bool = False):
+    """(llava model, processor) from a parts folder; the LoRA stays unmerged unless ``merge``."""
+    peft_model, processor = load_parts_peft(path, dtype)
+    if not hasattr(peft_model, "peft_config"):
+        return peft_model.eval(), processor
+    model = peft_model.merge_and_unload() if merge else peft_model.base_model.model
+    return model.eval(), processor
+
+
+def load_parts_peft(path: str | os.PathLike, dtype: torch.dtype = torch.float32, is_trainable: bool = False):
+    """(PEFT model over the composed llava, processor) from a parts folder: the adapter unmerged, trainable if
+    asked (stage 2 continuing a shipped model). A folder without an adapter gives the plain llava model."""
+    from transformers import AutoProcessor
+
+    from . import compose
+    from .vision import load_vision
+
+    path = Path(path)
+    manifest = read_manifest(path)
     processor = AutoProcessor.from_pretrained(path / "processor")
     llm, _ = compose.load_llm(manifest["base_llm"], dtype)
     if llm.get_input_embeddings().weight.shape[0] != manifest["base_vocab_size"]:
@@ -178,10 +197,9 @@ def load_parts(path: str | os.PathLike, dtype: torch.dtype = torch.float32, merg
     proj = load_file(path / manifest["projector"])
     model.model.multi_modal_projector.load_state_dict({k: v.to(dtype) for k, v in proj.items()})
 
+    processor.tokenizer.padding_side = "left"
     if manifest.get("adapter"):
         from .adapters import peft_from_pretrained
 
-        peft_model = peft_from_pretrained(model, path / manifest["adapter"])
-        model = peft_model.merge_and_unload() if merge else peft_model.base_model.model
-    processor.tokenizer.padding_side = "left"
-    return model.eval(), processor
+        return peft_from_pretrained(model, path / manifest["adapter"], is_trainable=is_trainable), processor
+    return model, processor

@@ -16,6 +16,7 @@ Contract
 from __future__ import annotations
 
 import copy
+from typing import Protocol, runtime_checkable
 
 import torch
 from transformers import (
@@ -39,6 +40,7 @@ HANDLED = frozenset({
     "repetition_penalty", "suppress_tokens", "eos_token_id", "pad_token_id", "bos_token_id", "stop_strings",
     "use_cache", "output_attentions", "output_hidden_states", "transformers_version", "_from_model_config",
 })
+MAX_DRAFT = 32  # tokens proposed by a Drafter per engine call
 OBJECTS = ("logits_processor", "stopping_criteria", "streamer", "tokenizer")  # generate kwargs that are not settings
 
 
@@ -97,22 +99,40 @@ def criteria(config, prompt_width: int, tokenizer, custom) -> StoppingCriteriaLi
     return out
 
 
+@runtime_checkable
+class Drafter(Protocol):
+    """A logits processor that knows tokens forced next (a grammar's literals): ``draft(input_ids)`` -> ids."""
+
+    def draft(self, input_ids: torch.LongTensor) -> list[int]: ...
+
+
 def run(engine, batch, config, kwargs: dict) -> torch.LongTensor:
     """Decode ``batch`` (``input_ids``, ``attention_mask``, ``pixel_values``) on ``engine`` with ``config`` (from
     :func:`settings`) and the objects among ``kwargs`` (``logits_processor``, ``stopping_criteria``,
-    ``streamer``, ``tokenizer``); returns prompt + new ids per row."""
+    ``streamer``, ``tokenizer``); returns prompt + new ids per row.
+
+    Jump-forward: for a single greedy row on an engine that can feed several tokens at once (``extend`` /
+    ``truncate``), a :class:`Drafter` among the caller's processors proposes the tokens its grammar forces next;
+    they are fed together with the chosen token in one engine call, then each is checked as if decoded one by
+    one (processors, argmax, stopping criteria). The first that greedy decoding would not pick is replaced by
+    the one it picks and its KV dropped, so the answer is the one token-by-token decoding gives."""
     input_ids = batch["input_ids"]
-    process = processors(config, input_ids, batch["attention_mask"], kwargs.get("logits_processor"))
+    custom = kwargs.get("logits_processor")
+    process = processors(config, input_ids, batch["attention_mask"], custom)
     stop = criteria(config, input_ids.shape[-1], kwargs.get("tokenizer"), kwargs.get("stopping_criteria"))
     eos = _as_list(config.eos_token_id)
     pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else None)
     streamer = kwargs.get("streamer")
+    drafters = [p for p in custom or [] if isinstance(p, Drafter)]
+    jump = (bool(drafters) and not config.do_sample and input_ids.shape[0] == 1
+            and getattr(engine, "can_extend", False))
     if streamer is not None:
         streamer.put(input_ids.cpu())
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.long)
     state = engine.prefill(batch)
+    logits = state.logits
     while True:
-        scores = process(input_ids, torch.from_numpy(state.logits))
+        scores = process(input_ids, torch.from_numpy(logits))
         if config.do_sample:
             tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
         else:
@@ -125,7 +145,27 @@ def run(engine, batch, config, kwargs: dict) -> torch.LongTensor:
         unfinished = unfinished * (~stop(input_ids, scores)).long()
         if unfinished.max() == 0:
             break
-        engine.step(state, tokens.numpy())
+        draft = [t for d in drafters for t in d.draft(input_ids)][:MAX_DRAFT] if jump else []
+        if not draft:
+            logits = engine.step(state, tokens.numpy())
+            continue
+        outs = engine.extend(state, [int(tokens[0]), *draft])
+        logits = outs[-1][None]
+        for i, proposed in enumerate(draft):
+            scores = process(input_ids, torch.from_numpy(outs[i][None].copy()))  # processors may write in place
+            token = int(torch.argmax(scores, dim=-1)[0])
+            if token != proposed:  # greedy goes elsewhere: drop the rest of the draft, decode on from outs[i]
+                engine.truncate(state, len(draft) - i)
+                logits = outs[i][None]
+                break
+            input_ids = torch.cat([input_ids, torch.tensor([[token]])], dim=-1)
+            if streamer is not None:
+                streamer.put(torch.tensor([token]))
+            if bool(stop(input_ids, scores)[0]):
+                unfinished[0] = 0
+                break
+        if unfinished.max() == 0:
+            break
     if streamer is not None:
         streamer.end()
     return input_ids

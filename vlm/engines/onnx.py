@@ -6,19 +6,23 @@ Contract
   ``llm.onnx`` under ``cache_dir()/onnx/<key>/`` and returns that folder. Nothing is re-implemented: the graph
   is a trace (``torch.onnx.export(dynamo=False)``) of the stock modules' forward; :class:`KVWrapper` only turns
   the flat past key/value inputs into a ``transformers.DynamicCache`` and the updated cache back into flat
-  outputs, and keeps the last position's logits. ``key`` hashes the LLM's weights and config, the torch and
+  outputs, and keeps the last position's logits and every new position's final hidden state. ``key`` hashes the LLM's weights and config, the torch and
   transformers versions (the traced code) and :data:`EXPORT_VERSION`, so a retrained checkpoint or another
   transformers gets its own folder and an unchanged one is exported once.
 - Graph inputs: ``inputs_embeds`` [B, n, H] float32, ``attention_mask`` [B, past+n] int64, ``position_ids``
   [B, n] int64, ``past.<i>.key`` / ``past.<i>.value`` [B, kv_heads, past, head_dim] per layer (``past`` may be
-  0). Outputs: ``logits`` [B, V] (last position), ``present.<i>.key`` / ``present.<i>.value`` [B, kv_heads,
+  0). Outputs: ``logits`` [B, V] (last position), ``hidden`` [B, n, H] (the decoder's output at every new
+  position, before ``lm_head``), ``present.<i>.key`` / ``present.<i>.value`` [B, kv_heads,
   past+n, head_dim]. The trace is made with a left-padded example, a non-empty past and n > 1, so the
   branches transformers takes at trace time (materialised padding mask, no ``is_causal`` shortcut, cache
   concatenation) are the general ones; the decode step (n = 1) runs the same graph.
 - :class:`OrtDecoder` runs it, one step at a time: ``state = decoder.prefill(batch)`` on a prepared batch of
   ``VLM.prepare`` (``input_ids``, ``attention_mask``, ``pixel_values``; left-padded rows allowed) gives
   ``state.logits`` [B, V] (numpy float32, nothing suppressed); ``decoder.step(state, token_ids)`` feeds one
-  token per row and returns the next logits. :mod:`vlm.engines.loop` turns that into ``model.generate``'s
+  token per row and returns the next logits; ``decoder.extend(state, ids)`` feeds several tokens of a single
+  row at once and returns the logits after each (the earlier ones from ``hidden`` and the model's ``lm_head``
+  in torch), ``decoder.truncate(state, n)`` drops the last ``n`` of them again (a rejected draft, see
+  :mod:`vlm.engines.loop`). :mod:`vlm.engines.loop` turns that into ``model.generate``'s
   answers (logits processors, sampling, stopping); ``VLM`` uses it when loaded with the ``onnx`` engine lever.
   The vision tower, projector and the merge of image features into the embeddings run in torch on ``model``
   (:func:`embed_prompt`, stock ``get_image_features`` + ``get_placeholder_mask``, so the vision-feature cache
@@ -45,9 +49,10 @@ from torch import nn
 log = logging.getLogger("vlm")
 
 KEEP = 4  # exports kept under cache_dir() (most recently used first)
-EXPORT_VERSION = "1"  # bump when the exported graph changes: old cache folders are then not reused
+EXPORT_VERSION = "2"  # bump when the exported graph changes: old cache folders are then not reused
 GRAPH = "llm.onnx"
 INPUTS = ("inputs_embeds", "attention_mask", "position_ids")
+OUTPUTS = ("logits", "hidden")
 
 
 def cache_dir() -> Path:
@@ -75,7 +80,7 @@ def kv_names(layers: int, kind: str = "past") -> list[str]:
 class KVWrapper(nn.Module):
     """Flat tensors in and out around the stock decoder: ``past`` (key, value per layer) -> ``DynamicCache``
     -> ``language_model(inputs_embeds=..., cache=..., use_cache=True)`` -> ``lm_head`` on the last position;
-    returns ``(logits, *present)``. Only adapts inputs and outputs; all the model math is transformers'."""
+    returns ``(logits, hidden, *present)``. Only adapts inputs and outputs; all the model math is transformers'."""
 
     def __init__(self, language_model: nn.Module, lm_head: nn.Module):
         super().__init__()
@@ -88,7 +93,7 @@ class KVWrapper(nn.Module):
         out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                   position_ids=position_ids, cache=cache, use_cache=True)
         logits = self.lm_head(out.last_hidden_state[:, -1, :])
-        return (logits, *[t for layer in out.cache.layers for t in (layer.keys, layer.values)])
+        return (logits, out.last_hidden_state, *[t for layer in out.cache.layers for t in (layer.keys, layer.values)])
 
 
 def checkpoint_key(model) -> str:
@@ -138,7 +143,8 @@ def export(model, folder: Path | None = None, force: bool = False) -> Path:
     example = (torch.randn(b, n, config.hidden_size, generator=gen) * 0.02, mask, positions,
                *[torch.randn(b, kv_heads, past, head_dim, generator=gen) for _ in past_names])
     axes = {"inputs_embeds": {0: "batch", 1: "new"}, "attention_mask": {0: "batch", 1: "total"},
-            "position_ids": {0: "batch", 1: "new"}, "logits": {0: "batch"}}
+            "position_ids": {0: "batch", 1: "new"}, "logits": {0: "batch"},
+            "hidden": {0: "batch", 1: "new"}}
     axes.update({name: {0: "batch", 2: "past"} for name in past_names})
     axes.update({name: {0: "batch", 2: "total"} for name in present_names})
     folder.mkdir(parents=True, exist_ok=True)
@@ -149,7 +155,7 @@ def export(model, folder: Path | None = None, force: bool = False) -> Path:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about the branches fixed by the general example
         torch.onnx.export(module, example, str(tmp), dynamo=False, opset_version=17,
-                          input_names=[*INPUTS, *past_names], output_names=["logits", *present_names],
+                          input_names=[*INPUTS, *past_names], output_names=[*OUTPUTS, *present_names],
                           dynamic_axes=axes)
     tmp.replace(folder / GRAPH)
     info = {"export_version": EXPORT_VERSION, "layers": layers, "kv_heads": kv_heads, "head_dim": head_dim,
@@ -259,26 +265,35 @@ class OrtLLM:
     leading text KV (:class:`PrefixKV`)."""
 
     def __init__(self, folder: Path, embedding: np.ndarray, image_token_id: int, threads: int | None = None,
-                 optimization: str = "all", prefix: bool = False):
+                 optimization: str = "all", prefix: bool = False, head: nn.Linear | None = None):
         self.session = ort_session(folder / GRAPH, threads, optimization)
         self._setup(folder, embedding)
         self.prefix = PrefixKV(image_token_id) if prefix else None
+        self.head = head if "hidden" in {o.name for o in self.session.get_outputs()} else None
+
+    @property
+    def can_extend(self) -> bool:
+        """Whether :meth:`extend` works: the graph gives hidden states and the ``lm_head`` is at hand."""
+        return self.head is not None
 
     def _setup(self, folder: Path, embedding: np.ndarray) -> None:
         """What any runner of ``llm.onnx`` needs besides its session: shapes and the embedding table."""
         self.folder, self.embedding = folder, embedding
         info = json.loads((folder / "export.json").read_text())
         self.layers, self.kv_heads, self.head_dim = info["layers"], info["kv_heads"], info["head_dim"]
-        self.past_names = kv_names(self.layers)
+        self.past_names, self.present_names = kv_names(self.layers), kv_names(self.layers, "present")
 
     def embed_prompt(self, batch) -> np.ndarray:
         """[B, n, H] float32 input embeddings of a prepared batch, image features in place of image tokens."""
         raise NotImplementedError
 
-    def _run(self, state_past: dict, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray):
+    def _run(self, state_past: dict, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
+             hidden: bool = False):
         feed = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions, **state_past}
-        logits, *present = self.session.run(None, feed)
-        return logits, dict(zip(self.past_names, present))
+        names = ["logits", *(["hidden"] if hidden else []), *self.present_names]
+        outs = self.session.run(names, feed)
+        logits, present = outs[0], dict(zip(self.past_names, outs[len(names) - len(self.past_names):]))
+        return (logits, present, outs[1]) if hidden else (logits, present)
 
     def prefill(self, batch) -> DecodeState:
         """Run the prompt of a prepared batch (left-padded rows allowed); the state holds the next logits. With
@@ -306,6 +321,35 @@ class OrtLLM:
                                              state.positions)
         return state.logits
 
+    def extend(self, state: DecodeState, token_ids) -> np.ndarray:
+        """Feed several tokens of a single row at once; returns the logits [n, V] after each of them (the last
+        is also ``state.logits``). Needs :attr:`can_extend`."""
+        if not self.can_extend:
+            raise RuntimeError("this engine cannot feed several tokens at once (no hidden output or lm_head)")
+        tokens = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        n = len(tokens)
+        if state.mask.shape[0] != 1 or n == 0:
+            raise ValueError("extend feeds one or more tokens of a single row")
+        state.mask = np.concatenate([state.mask, np.ones((1, n), np.int64)], axis=1)
+        positions = state.positions[:, -1:] + np.arange(1, n + 1)
+        logits, state.past, hidden = self._run(state.past, self.embedding[tokens][None], state.mask, positions,
+                                               hidden=True)
+        state.positions, state.logits = positions[:, -1:], logits
+        if n == 1:
+            return logits
+        with torch.inference_mode():
+            earlier = self.head(torch.from_numpy(hidden[0, :-1])).float().numpy()
+        return np.concatenate([earlier, logits], axis=0)
+
+    def truncate(self, state: DecodeState, n: int) -> None:
+        """Forget the last ``n`` fed tokens (their KV, mask and position); ``state.logits`` is then stale."""
+        if n <= 0:
+            return
+        keep = state.mask.shape[1] - n
+        state.mask = state.mask[:, :keep]
+        state.positions = state.positions - n
+        state.past = {name: np.ascontiguousarray(kv[:, :, :keep]) for name, kv in state.past.items()}
+
 
 class OrtDecoder(OrtLLM):
     """The LLM of a loaded llava ``model`` on ONNX Runtime: exported once (:func:`export`, cached, or into
@@ -315,7 +359,8 @@ class OrtDecoder(OrtLLM):
                  prefix: bool = False):
         self.model = model
         table = model.model.get_input_embeddings().weight.detach().float().numpy()  # no copy
-        super().__init__(export(model, folder), table, model.config.image_token_id, threads, optimization, prefix)
+        super().__init__(export(model, folder), table, model.config.image_token_id, threads, optimization, prefix,
+                         head=model.lm_head)
 
     def embed_prompt(self, batch) -> np.ndarray:
         return embed_prompt(self.model, batch).float().numpy()

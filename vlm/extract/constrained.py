@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import re
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -301,6 +302,38 @@ class JsonObjectMachine:
                 return None
         return state
 
+    def forced(self, state: tuple | None, limit: int = 64) -> str:
+        """The text every accepted continuation of ``state`` starts with (at most ``limit`` characters): the rest
+        of a literal (keys, separators, ``null``), and the part of a string value its choices all share. Free
+        text, numbers and a choice that may end or go on force nothing."""
+        out: list[str] = []
+        while state is not None and len(out) < limit:
+            ch = self._forced_char(state)
+            state = self.step(state, ch) if ch is not None else None
+            if state is None:
+                break
+            out.append(ch)
+        return "".join(out)
+
+    def _forced_char(self, state: tuple) -> str | None:
+        kind = state[0]
+        if kind in ("lit", "word"):
+            return state[1][state[2]]
+        if kind == "vstart":
+            rule = self._rule(state[1])
+            if rule.kind != "string":
+                return None
+            opens = self._can_open(rule)
+            return '"' if opens and not rule.nullable else "n" if rule.nullable and not opens else None
+        if kind == "str" and not state[2] and self._rule(state[3]).choices is not None:
+            buf, choices = state[1], self._rule(state[3]).choices
+            nexts = {c[len(buf)] for c in choices if len(c) > len(buf) and c.startswith(buf)}
+            if buf in choices:
+                nexts.add('"')  # the value may close here
+            if len(nexts) == 1 and (buf in choices or not nexts & set(_ESCAPES)):
+                return nexts.pop()  # a quote or backslash inside the value would be written escaped: not forced
+        return None
+
     @staticmethod
     def is_done(state: tuple | None) -> bool:
         return state is not None and state[0] == "done"
@@ -361,6 +394,23 @@ class TokenTexts:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def longest_match(self, text: str) -> list[int]:
+        """``text`` as token ids, each the longest token text that starts the rest (a draft of how the model
+        writes it; ``[]`` if some character has no token)."""
+        ids: list[int] = []
+        i = 0
+        while i < len(text):
+            node, best, j = self.trie, None, i
+            while j < len(text) and (node := node[0].get(text[j])) is not None:
+                j += 1
+                if node[1]:
+                    best = (j, node[1][0])
+            if best is None:
+                return []
+            i, token = best
+            ids.append(token)
+        return ids
+
 
 _token_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -383,7 +433,7 @@ class JsonLogitsProcessor(LogitsProcessor):
     """Masks every token the machine would reject; after the closing ``}`` only end-of-sequence is allowed."""
 
     def __init__(self, machine: JsonObjectMachine, tokens: TokenTexts, eos_ids: list[int], prompt_length: int,
-                 top_k: int = 64):
+                 top_k: int = 64, encode: Callable[[str], list[int]] | None = None):
         if not eos_ids:
             raise ValueError("constrained decoding needs an end-of-sequence token id")
         self.machine = machine
@@ -391,6 +441,7 @@ class JsonLogitsProcessor(LogitsProcessor):
         self.eos_ids = list(eos_ids)
         self.prompt_length = prompt_length
         self.top_k = top_k
+        self.encode = encode or tokens.longest_match  # text -> ids, for drafts (the tokenizer's own is better)
         self._states: list[tuple | None] = []
         self._fed: list[int] = []
         self._ended: list[bool] = []
@@ -459,6 +510,20 @@ class JsonLogitsProcessor(LogitsProcessor):
         if not allowed:  # cannot happen for a machine without dead ends; fail loudly if it does
             raise RuntimeError("constrained decoding reached a state with no allowed token")
         return allowed
+
+    def draft(self, input_ids: torch.LongTensor) -> list[int]:
+        """Token ids the grammar forces after ``input_ids`` (one row; ``[]`` when nothing is forced), for
+        :func:`vlm.engines.loop.run` to feed at once and verify."""
+        if input_ids.shape[0] != 1 or not self._states:
+            return []
+        self._advance(0, input_ids[0, self.prompt_length:].tolist())
+        if self._ended[0]:
+            return []
+        state = self._states[0]
+        if self.machine.is_done(state):
+            return self.eos_ids[:1]
+        text = self.machine.forced(state)
+        return list(self.encode(text)) if text else []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         batch = input_ids.shape[0]

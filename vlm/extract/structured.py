@@ -16,6 +16,8 @@ satisfies the schema.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import json
 from typing import Any
 
@@ -79,7 +81,8 @@ def answer_machine(schema: dict | None = None) -> JsonObjectMachine:
 
 def answer_processor(model, tokenizer, machine: JsonObjectMachine, prompt_length: int) -> JsonLogitsProcessor:
     """The logits processor that holds generation to ``machine`` (then ends it at the closing brace)."""
-    return JsonLogitsProcessor(machine, token_texts(tokenizer), eos_token_ids(model, tokenizer), prompt_length)
+    return JsonLogitsProcessor(machine, token_texts(tokenizer), eos_token_ids(model, tokenizer), prompt_length,
+                               encode=partial(tokenizer.encode, add_special_tokens=False))
 
 
 def parse_answer(text: str, schema: dict | None = None) -> dict:
