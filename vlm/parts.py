@@ -105,6 +105,7 @@ def save_parts(model, processor, out: str | os.PathLike, base_llm: str, base_voc
         cfg = config.to_dict()
         cfg["base_model_name_or_path"] = None
         cfg["modules_to_save"] = None
+        cfg["inference_mode"] = True  # a shipped adapter; training again loads it trainable explicitly
         for key, value in list(cfg.items()):
             if isinstance(value, set):
                 cfg[key] = sorted(value)
