@@ -41,9 +41,9 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype):
         if adapters.is_adapter_folder(path):
             peft_model, processor = load_peft(path, dtype)
             return adapters.unwrap(peft_model).eval(), processor
-        if (path / "vlm_parts.json").exists():
-            from .parts import load_parts
+        from .parts import is_parts_folder, load_parts
 
+        if is_parts_folder(path):
             return load_parts(path, dtype, merge=True)  # shipped models: LoRA merged for inference speed
         if is_llava_folder(path):
             return load_llava(path, dtype)
