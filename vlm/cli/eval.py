@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vlm.config import GenerationOptions
 from vlm.paths import data_dir
 
 HELP = "evaluate a model against baselines (sroie, captions, retrieval, vqa), or OCR engines (ocr)"
@@ -39,7 +40,9 @@ def _model_args(p: argparse.ArgumentParser, task: str) -> None:
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
     p.add_argument("--levers", default=None, help="inference levers applied to the model, as in `vlm bench` "
                    "(e.g. int8, bf16, int8+reuse); default: none")
-    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="answer budget in tokens (default: captions 40; vqa the chat default, "
+                        f"{GenerationOptions.max_new_tokens}, so long answers such as addresses are not cut)")
     if task != "sroie":  # extraction decodes under its JSON grammar
         from vlm.cli.common import add_decoding_arguments
         from vlm.grounding import OCR_MODES
@@ -280,7 +283,8 @@ def _vqa(args) -> dict:
     names = _systems(args)
     records = load_eval_records(args.data, ("image", "question", "answer"), args.limit)
     load = _ModelLoader(args)
-    gen = {"max_new_tokens": 16, **_gen(args), "ocr": args.ocr}
+    # chat's own budget: the evaluation measures answers as chat gives them (a short answer ends itself)
+    gen = {"max_new_tokens": GenerationOptions.max_new_tokens, **_gen(args), "ocr": args.ocr}
     suffix = vqa.SHORT_ANSWER if args.suffix is None else args.suffix
     if args.prior_train:
         prior_records = load_eval_records(args.prior_train, ("question", "answer"))
