@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from vlm.config import GenerationOptions
+from vlm.eval.captions import DEFAULT_MAX_NEW_TOKENS as CAPTION_TOKENS
 from vlm.paths import data_dir
 
 HELP = "evaluate a model against baselines (sroie, captions, retrieval, vqa), or OCR engines (ocr)"
@@ -41,7 +42,7 @@ def _model_args(p: argparse.ArgumentParser, task: str) -> None:
     p.add_argument("--levers", default=None, help="inference levers applied to the model, as in `vlm bench` "
                    "(e.g. int8, bf16, int8+reuse); default: none")
     p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="answer budget in tokens (default: captions 40; vqa the chat default, "
+                   help=f"answer budget in tokens (default: captions {CAPTION_TOKENS}; vqa the chat default, "
                         f"{GenerationOptions.max_new_tokens}, so long answers such as addresses are not cut)")
     if task != "sroie":  # extraction decodes under its JSON grammar
         from vlm.cli.common import add_decoding_arguments
@@ -230,7 +231,7 @@ def _captions(args) -> dict:
     names = _systems(args)
     records = load_eval_records(args.data, ("image", "captions"), args.limit)
     load = _ModelLoader(args)
-    gen = {"max_new_tokens": 40, "num_beams": captions.DEFAULT_BEAMS, **_gen(args), "ocr": args.ocr}
+    gen = {"max_new_tokens": CAPTION_TOKENS, "num_beams": captions.DEFAULT_BEAMS, **_gen(args), "ocr": args.ocr}
     prompt = args.prompt or captions.DEFAULT_PROMPT
     train_path = _train_path(args) if "nearest-neighbour" in names else None
 

@@ -18,6 +18,7 @@ DEFAULT_PROMPT = "Write a one-sentence caption for this photo."  # one of the st
 # Beam search, as captioning evaluations usually decode; on Flickr8k dev (200 images) vlm-tiny v1 scored
 # CIDEr 0.147 with 3 beams and 0.120 greedy (`--num-beams 1`).
 DEFAULT_BEAMS = 3
+DEFAULT_MAX_NEW_TOKENS = 40  # a Flickr8k caption is about 12 words
 
 
 def _ptb_tokenize(texts: dict[str, list[str]]) -> dict[str, list[str]] | None:
