@@ -273,7 +273,7 @@ def _sroie_rows(data_dir: Path) -> dict[str, dict]:
 
 def test_sroie_prep_dataset_ocr(tmp_path, data_dir):
     from vlm.extract.prompts import fields_prompt, format_ocr
-    from vlm.grounding import ocr_block
+    from vlm.grounding import ocr_block, page_text
     from vlm.messages import SHORT_ANSWER
 
     from vlm.prep.sroie import FIELDS, read_dataset_ocr
@@ -316,8 +316,9 @@ def test_sroie_prep_dataset_ocr(tmp_path, data_dir):
                 ocr_text = format_ocr(read_dataset_ocr(src / row["ocr"], row["scale"]))
                 assert _human(r) == "<image>\n" + fields_prompt(fields, ocr_text)  # inference's own builder
             else:  # OCR-grounded questions: chat's own OCR block (vlm.grounding), then the question
-                ocr_text = format_ocr(read_dataset_ocr(src / row["ocr"], row["scale"]))
-                head = "<image>\n" + ocr_block(ocr_text)
+                lines = read_dataset_ocr(src / row["ocr"], row["scale"])
+                ocr_text = format_ocr(lines)
+                head = "<image>\n" + ocr_block(page_text(lines))  # with a receipt's key fields, as chat shows it
                 assert _human(r).startswith(head)
                 question = _human(r)[len(head):]
                 if kind == "say":

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from vlm.grounding import (NO_TEXT, OCR_HEADER, GroundingOptions, count_tokens, ground, has_text, text_evidence,
-                           truncate_rows)
+from vlm.grounding import (ALL_TEXT_HEADER, KEY_FIELDS_HEADER, NO_TEXT, OCR_HEADER, GroundingOptions, count_tokens,
+                           ground, has_text, key_fields, page_text, text_evidence, truncate_rows)
 from vlm.images import load_image
-from vlm.ocr import ocr_stats, run_ocr
+from vlm.ocr import OcrLine, ocr_stats, run_ocr
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +70,38 @@ def test_receipt_is_grounded_in_reading_order_before_the_question(receipt, recei
     out = ground(msgs, [load_image(receipt)], GroundingOptions(max_ocr_tokens=4096), tokenizer)
     parts = out.messages[0]["content"]
     assert [p["type"] for p in parts] == ["image", "text", "text"]
-    assert parts[1]["text"] == f"{OCR_HEADER}{format_ocr(receipt_lines)}\n\n"  # all of it, in reading order
+    assert parts[1]["text"] == f"{OCR_HEADER}{page_text(receipt_lines)}\n\n"
+    # the rules' key fields first, then all of the text in reading order
+    assert parts[1]["text"].startswith(OCR_HEADER + KEY_FIELDS_HEADER)
+    assert parts[1]["text"].endswith(f"\n\n{ALL_TEXT_HEADER}{format_ocr(receipt_lines)}\n\n")
     assert parts[2]["text"] == "What is the total amount?"
     assert msgs == turn(1)  # the caller's messages are untouched
     (info,) = out.images
     assert info.included and not info.truncated and info.lines == len(receipt_lines)
+    plain = ground(msgs, [load_image(receipt)], GroundingOptions(max_ocr_tokens=4096, key_fields=False), tokenizer)
+    assert plain.messages[0]["content"][1]["text"] == f"{OCR_HEADER}{format_ocr(receipt_lines)}\n\n"
+
+
+def test_key_fields_are_the_receipt_rules_on_a_receipt_only(receipt, data_dir, receipt_lines):
+    from vlm.extract.prompts import format_ocr
+    from vlm.extract.receipt_rules import evidence
+
+    gold = json.loads((data_dir / "sroie" / "train.jsonl").read_text().splitlines()[0])["entities"]
+    found = key_fields(receipt_lines)
+    assert found == {k: v for k, v in evidence(receipt_lines).items() if v}
+    assert found["total"] == gold["total"] and found["date"] == gold["date"]  # the first train receipt
+    listed = page_text(receipt_lines).split("\n\n")[0].splitlines()
+    assert listed == ["Key fields:"] + [f"{k}: {v}" for k, v in found.items()]
+    # a sign, a menu, a page of prose: no date and no labelled total, so no key fields and the rows as they are
+    def page_of(rows):
+        return [OcrLine(text, (10.0, 30.0 * i, 300.0, 30.0 * i + 20), 0.99) for i, text in enumerate(rows)]
+
+    for page in map(page_of, (["NO PARKING", "TOW AWAY ZONE", "ENFORCED 24 HOURS"],
+                 ["MENU", "NASI LEMAK 6.50", "TEH TARIK 2.20", "ROTI CANAI 1.80"],
+                 ["Chapter 1", "It was a bright cold day in April,", "and the clocks were striking thirteen."])):
+        assert key_fields(page) == {} and page_text(page) == format_ocr(page)
+    assert page_text(receipt_lines, key_fields_too=False) == format_ocr(receipt_lines)
+    assert page_text([]) == ""
 
 
 def test_photo_is_left_alone_in_auto_and_marked_in_always(photo, tokenizer):
@@ -138,7 +165,6 @@ def test_only_user_images_are_grounded(receipt, tokenizer):
 
 def test_inference_prompt_is_the_training_prompt(tiny_vlm, receipt, receipt_lines, tmp_path):
     """The chat prompt a grounded question renders to is the user turn of prep's grounded question record."""
-    from vlm.extract.prompts import format_ocr
     from vlm.prep.sroie import question_record
     from vlm.train.data import to_messages
 
@@ -146,7 +172,7 @@ def test_inference_prompt_is_the_training_prompt(tiny_vlm, receipt, receipt_line
     normed, images = tiny_vlm.prepare_messages(
         [{"role": "user", "content": [{"type": "image", "image": receipt}, {"type": "text", "text": question}]}],
         ocr="always")
-    record = question_record("r", str(receipt), format_ocr(receipt_lines), question, "9.00")
+    record = question_record("r", str(receipt), page_text(receipt_lines), question, "9.00")
     trained = to_messages(record)[:1]
     render = tiny_vlm.processor.apply_chat_template
     assert render(normed, tokenize=False) == render(trained, tokenize=False)

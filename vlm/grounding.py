@@ -11,6 +11,11 @@ Contract (:func:`ground`), for a normalised conversation (:func:`vlm.messages.no
   (:func:`vlm.extract.prompts.format_ocr`: rows in reading order, same-row cells TAB-joined), as a text part
   ``"OCR text:\\n<text>\\n\\n"`` right after the image part. With one image followed by the question, the
   user turn reads ``<image>\\nOCR text:\\n...\\n\\n<question>``: the training prompts' layout.
+- With ``GroundingOptions.key_fields`` (the default), a page that reads as a receipt or invoice
+  (:func:`vlm.extract.receipt_rules.reads_as_receipt`: a date or a labelled total) has the receipt rules'
+  values (:func:`vlm.extract.receipt_rules.evidence`, the receipt template's reader) above its rows:
+  ``"Key fields:\ncompany: ...\ndate: ...\n\nAll text:\n<rows>"`` (:func:`page_text`). A 135M model copies a
+  labelled value far more reliably than it picks the right row of a receipt (docs/ocr.md).
 - OCR comes from :func:`vlm.ocr.run_ocr` with ``GroundingOptions.engine`` (cached per engine and image
   content), so a conversation asked again, or the same receipt in another request, does not run OCR twice.
 - The OCR text of one conversation is held to ``max_ocr_tokens`` tokens of the model's tokenizer, and to the
@@ -47,6 +52,7 @@ class GroundingOptions:
     min_chars: int = 20
     min_score: float = 0.8
     engine: str | None = None  # a vlm.ocr.OcrEngine: "rapidocr", "tesseract" or "both"
+    key_fields: bool = True  # the receipt rules' values above the rows of a page that reads as a receipt
 
     def __post_init__(self) -> None:
         if self.engine is not None:
@@ -136,6 +142,32 @@ def truncate_rows(text: str, tokenizer, budget: int) -> tuple[str, bool]:
     return "\n".join(rows[:lo]).rstrip(), True
 
 
+KEY_FIELDS_HEADER = "Key fields:\n"
+ALL_TEXT_HEADER = "All text:\n"
+
+
+def key_fields(lines) -> dict[str, str]:
+    """The receipt rules' values found on a page that reads as a receipt (``{}`` for any other page)."""
+    from .extract import receipt_rules
+
+    if not receipt_rules.reads_as_receipt(lines):
+        return {}
+    return {name: value for name, value in receipt_rules.evidence(lines).items() if value}
+
+
+def page_text(lines, key_fields_too: bool = True) -> str:
+    """The text of one image's OCR block: its rows (:func:`vlm.extract.prompts.format_ocr`), under the page's
+    :func:`key_fields` when ``key_fields_too`` and there are any."""
+    from .extract.prompts import format_ocr
+
+    rows = format_ocr(lines)
+    fields = key_fields(lines) if key_fields_too and rows.strip() else {}
+    if not fields:
+        return rows
+    listed = "\n".join(f"{name}: {value}" for name, value in fields.items())
+    return f"{KEY_FIELDS_HEADER}{listed}\n\n{ALL_TEXT_HEADER}{rows}"
+
+
 def ocr_block(text: str) -> str:
     """The text part put after an image: the training prompts' OCR block, then a blank line."""
     return f"{OCR_HEADER}{text.strip() or NO_TEXT}\n\n"
@@ -156,8 +188,6 @@ def ground(messages: list[dict], images: list, options: GroundingOptions, tokeni
 
         def ocr(image):
             return run_ocr(image, engine=options.engine)
-    from .extract.prompts import format_ocr
-
     # which image parts belong to user messages, and what OCR found on them
     found: dict[int, tuple[str, ImageText]] = {}
     index = 0
@@ -169,7 +199,7 @@ def ground(messages: list[dict], images: list, options: GroundingOptions, tokeni
                 lines = ocr(images[index])
                 n, chars = text_evidence(lines, options)
                 keep = options.ocr == "always" or has_text(lines, options)
-                found[index] = (format_ocr(lines) if keep else "", ImageText(index, len(lines), n, chars, keep))
+                found[index] = (page_text(lines, options.key_fields) if keep else "", ImageText(index, len(lines), n, chars, keep))
             index += 1
     kept = [i for i, (_, info) in found.items() if info.included]
     budget = options.max_ocr_tokens

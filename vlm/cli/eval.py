@@ -52,6 +52,9 @@ def _model_args(p: argparse.ArgumentParser, task: str) -> None:
         p.add_argument("--ocr", choices=OCR_MODES, default="auto",
                        help="OCR text of each image in the prompt, as chat does (vlm.grounding): auto = when OCR "
                             "finds real text, always, never (default: %(default)s)")
+        p.add_argument("--no-key-fields", dest="key_fields", action="store_false",
+                       help="leave the receipt rules' key fields out of a receipt's OCR text (chat puts them "
+                            "above the rows; vlm.grounding)")
     p.add_argument("--systems", default=",".join(SYSTEMS[task]),
                    help=f"comma-separated systems to run (default: {','.join(SYSTEMS[task])})")
 
@@ -128,6 +131,14 @@ def _systems(args) -> list[str]:
 
 def _out(args) -> Path:
     return Path(args.out) if args.out else Path("runs") / "eval" / f"{args.task}-{Path(args.data).stem}"
+
+
+def _grounding(args) -> dict:
+    """``(generation keyword, report settings)`` of the OCR grounding flags."""
+    from vlm.grounding import GroundingOptions
+
+    return ({"ocr": GroundingOptions(ocr=args.ocr, key_fields=args.key_fields)},
+            {"ocr": args.ocr, "key_fields": args.key_fields})
 
 
 def _gen(args) -> dict:
@@ -231,7 +242,8 @@ def _captions(args) -> dict:
     names = _systems(args)
     records = load_eval_records(args.data, ("image", "captions"), args.limit)
     load = _ModelLoader(args)
-    gen = {"max_new_tokens": CAPTION_TOKENS, "num_beams": captions.DEFAULT_BEAMS, **_gen(args), "ocr": args.ocr}
+    grounding, grounding_settings = _grounding(args)
+    gen = {"max_new_tokens": CAPTION_TOKENS, "num_beams": captions.DEFAULT_BEAMS, **_gen(args), **grounding}
     prompt = args.prompt or captions.DEFAULT_PROMPT
     train_path = _train_path(args) if "nearest-neighbour" in names else None
 
@@ -253,7 +265,7 @@ def _captions(args) -> dict:
     }
     info = RunInfo("captions", str(Path(args.data).resolve()), args.model,
                    {"dtype": args.dtype, "levers": args.levers, "prompt": prompt, "nn_k": args.nn_k,
-                    "train": str(train_path.resolve()) if train_path else None, **gen})
+                    "train": str(train_path.resolve()) if train_path else None, **gen, **grounding_settings})
     refs = {r.id: captions.reference(r) for r in records}
     return evaluate(info, records, [makers[n] for n in names], _out(args),
                     score=lambda preds, recs: captions.score(preds, [refs[r.id] for r in recs], args.tokenizer),
@@ -285,7 +297,8 @@ def _vqa(args) -> dict:
     records = load_eval_records(args.data, ("image", "question", "answer"), args.limit)
     load = _ModelLoader(args)
     # chat's own budget: the evaluation measures answers as chat gives them (a short answer ends itself)
-    gen = {"max_new_tokens": GenerationOptions.max_new_tokens, **_gen(args), "ocr": args.ocr}
+    grounding, grounding_settings = _grounding(args)
+    gen = {"max_new_tokens": GenerationOptions.max_new_tokens, **_gen(args), **grounding}
     suffix = vqa.SHORT_ANSWER if args.suffix is None else args.suffix
     if args.prior_train:
         prior_records = load_eval_records(args.prior_train, ("question", "answer"))
@@ -306,7 +319,7 @@ def _vqa(args) -> dict:
     }
     info = RunInfo("vqa", str(Path(args.data).resolve()), args.model,
                    {"dtype": args.dtype, "levers": args.levers, "suffix": suffix, "prior_train": prior_source,
-                    "llm": args.llm if "llm" in names else None, **gen})
+                    "llm": args.llm if "llm" in names else None, **gen, **grounding_settings})
     answers = {r.id: r.data["answer"] for r in records}
     questions = {r.id: r.data["question"] for r in records}
     return evaluate(info, records, [makers[n] for n in names], _out(args),

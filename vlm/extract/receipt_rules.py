@@ -113,7 +113,9 @@ def _value(amount: str) -> float:
     return float(re.sub(r"[^\d.\-]", "", amount))
 
 
-def extract_total(rows: Sequence[str]) -> str | None:
+def labelled_total(rows: Sequence[str]) -> str | None:
+    """The amount on (or just under) the row with the strongest total label (``TOTAL``, ``GRAND TOTAL``, ...),
+    or None when no row is labelled as a total."""
     best: tuple[int, int, str] | None = None  # (priority, row index, amount)
     for i, row in enumerate(rows):
         up = row.upper()
@@ -137,8 +139,14 @@ def extract_total(rows: Sequence[str]) -> str | None:
         cand = (priority, i, amounts[-1])
         if best is None or priority >= best[0]:
             best = cand
-    if best is not None:
-        return best[2]
+    return best[2] if best is not None else None
+
+
+def extract_total(rows: Sequence[str]) -> str | None:
+    """:func:`labelled_total`, else the largest amount not on a payment row (cash, change, card)."""
+    labelled = labelled_total(rows)
+    if labelled is not None:
+        return labelled
     pool = [a for row in rows if not _PAYMENT.search(row.upper()) for a in _amounts(row) if _value(a) > 0]
     return max(pool, key=_value) if pool else None
 
@@ -252,3 +260,10 @@ def evidence(lines: Sequence[Any]) -> dict[str, str | None]:
     if found["address"] and not _POSTCODE.search(found["address"]):
         found["address"] = None
     return found
+
+
+def reads_as_receipt(lines: Sequence[Any]) -> bool:
+    """Whether the page reads as a transaction document: the rules find a date or a labelled total on it
+    (403 of 405 SROIE train receipts; a sign, a menu or a page of prose has neither)."""
+    rows = ocr_rows(lines)
+    return extract_date(rows) is not None or labelled_total(rows) is not None

@@ -250,14 +250,17 @@ def field_questions(receipt: Receipt, seed: int, questions: int) -> list[tuple[s
 
 
 def stage2_records(receipt: Receipt, image: str, ocr_text: str, seed: int, questions: int,
-                   transcribe: bool = False) -> list[dict]:
+                   transcribe: bool = False, chat_text: str | None = None) -> list[dict]:
     """Extraction records (all four fields; a random subset), OCR-grounded single-field questions and, with
     ``transcribe``, an OCR-grounded "what does it say?" record for one receipt.
 
     Extraction always asks from the four SROIE fields, like inference's ``receipt`` template; a field the
     annotators left empty (one receipt has no printed address) is answered ``null``. Questions are only
     asked about annotated fields; half of them (seeded) end with the short-answer instruction.
+    ``chat_text``: the OCR block's text as chat shows it (:func:`vlm.grounding.page_text`, with the key fields
+    of a receipt); default ``ocr_text``. Extraction prompts and the transcription's answer use ``ocr_text``.
     """
+    chat_text = ocr_text if chat_text is None else chat_text
     from vlm.messages import SHORT_ANSWER
 
     rng = rng_for(seed, receipt.id, "extract")
@@ -268,10 +271,10 @@ def stage2_records(receipt: Receipt, image: str, ocr_text: str, seed: int, quest
     for f, question in field_questions(receipt, seed, questions):
         if suffix.random() < 0.5:
             question = f"{question}\n{SHORT_ANSWER}"
-        out.append(question_record(f"sroie-{receipt.id}-ask-{f}", image, ocr_text, question, receipt.entities[f]))
+        out.append(question_record(f"sroie-{receipt.id}-ask-{f}", image, chat_text, question, receipt.entities[f]))
     if transcribe and ocr_text.strip():
         question = pick(rng_for(seed, receipt.id, "say"), SAY_PROMPTS)
-        out.append(question_record(f"sroie-{receipt.id}-say", image, ocr_text, question, ocr_text.strip()))
+        out.append(question_record(f"sroie-{receipt.id}-say", image, chat_text, question, ocr_text.strip()))
     return out
 
 
@@ -292,6 +295,7 @@ def prepare_sroie(cfg: SroiePrepConfig, progress: bool = False) -> dict:
     write_json(cfg.out / "sroie_split.json", split_info)
     get_lines: Callable[[Receipt], list] = rapidocr_lines if cfg.ocr == "rapidocr" else dataset_ocr_lines
     from vlm.extract.prompts import format_ocr
+    from vlm.grounding import page_text
 
     files: dict[str, str] = {}
     ocr_seconds = 0.0
@@ -324,13 +328,15 @@ def prepare_sroie(cfg: SroiePrepConfig, progress: bool = False) -> dict:
                 acc.reject(RecordProblem(MALFORMED, "the OCR file has no text lines"), receipt.id, str(receipt.ocr_file))
             t = time.perf_counter()
             try:
-                ocr_text = format_ocr(get_lines(receipt))
+                lines = get_lines(receipt)
+                ocr_text, chat_text = format_ocr(lines), page_text(lines)
             except Exception as exc:  # noqa: BLE001 - one receipt's OCR failure must not stop the run
                 acc.reject(RecordProblem(MALFORMED, f"OCR failed: {type(exc).__name__}: {exc}"), receipt.id, split)
                 continue
             finally:
                 ocr_seconds += time.perf_counter() - t
-            stage2.extend(stage2_records(receipt, image, ocr_text, cfg.seed, cfg.questions, cfg.transcribe))
+            stage2.extend(stage2_records(receipt, image, ocr_text, cfg.seed, cfg.questions, cfg.transcribe,
+                                         chat_text=chat_text))
             extracted.append((receipt, image, ocr_text))
         if split == "train" and cfg.swaps:
             stage2.extend(swapped_records(extracted, cfg.swaps, cfg.seed))
