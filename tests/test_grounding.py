@@ -100,7 +100,7 @@ def test_key_fields_are_the_receipt_rules_on_a_receipt_only(receipt, data_dir, r
                  ["MENU", "NASI LEMAK 6.50", "TEH TARIK 2.20", "ROTI CANAI 1.80"],
                  ["Chapter 1", "It was a bright cold day in April,", "and the clocks were striking thirteen."])):
         assert key_fields(page) == {} and page_text(page) == format_ocr(page)
-    assert page_text(receipt_lines, key_fields_too=False) == format_ocr(receipt_lines)
+    assert page_text(receipt_lines, with_key_fields=False) == format_ocr(receipt_lines)
     assert page_text([]) == ""
 
 

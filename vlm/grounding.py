@@ -155,13 +155,13 @@ def key_fields(lines) -> dict[str, str]:
     return {name: value for name, value in receipt_rules.evidence(lines).items() if value}
 
 
-def page_text(lines, key_fields_too: bool = True) -> str:
+def page_text(lines, with_key_fields: bool = True) -> str:
     """The text of one image's OCR block: its rows (:func:`vlm.extract.prompts.format_ocr`), under the page's
-    :func:`key_fields` when ``key_fields_too`` and there are any."""
+    :func:`key_fields` when ``with_key_fields`` and there are any."""
     from .extract.prompts import format_ocr
 
     rows = format_ocr(lines)
-    fields = key_fields(lines) if key_fields_too and rows.strip() else {}
+    fields = key_fields(lines) if with_key_fields and rows.strip() else {}
     if not fields:
         return rows
     listed = "\n".join(f"{name}: {value}" for name, value in fields.items())
