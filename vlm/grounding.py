@@ -14,7 +14,7 @@ Contract (:func:`ground`), for a normalised conversation (:func:`vlm.messages.no
 - With ``GroundingOptions.key_fields`` (the default), a page that reads as a receipt or invoice
   (:func:`vlm.extract.receipt_rules.reads_as_receipt`: a date or a labelled total) has the receipt rules'
   values (:func:`vlm.extract.receipt_rules.evidence`, the receipt template's reader) above its rows:
-  ``"Key fields:\ncompany: ...\ndate: ...\n\nAll text:\n<rows>"`` (:func:`page_text`). A 135M model copies a
+  ``"Key fields:\\ncompany: ...\\ndate: ...\\n\\nAll text:\\n<rows>"`` (:func:`page_text`). A 135M model copies a
   labelled value far more reliably than it picks the right row of a receipt (docs/ocr.md).
 - OCR comes from :func:`vlm.ocr.run_ocr` with ``GroundingOptions.engine`` (cached per engine and image
   content), so a conversation asked again, or the same receipt in another request, does not run OCR twice.

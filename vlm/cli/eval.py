@@ -133,7 +133,7 @@ def _out(args) -> Path:
     return Path(args.out) if args.out else Path("runs") / "eval" / f"{args.task}-{Path(args.data).stem}"
 
 
-def _grounding(args) -> dict:
+def _grounding(args) -> tuple[dict, dict]:
     """``(generation keyword, report settings)`` of the OCR grounding flags."""
     from vlm.grounding import GroundingOptions
 
