@@ -138,10 +138,13 @@ def test_cli_vqa_on_real_images(tmp_path, tiny_model_dir, data_dir):
         {"image": str(flickr / recs[2]["image"]), "question": "Is it indoors?", "answer": "no"},
     ])
     out = tmp_path / "out"
-    assert main(["eval", "vqa", "--data", str(data), "--model", str(tiny_model_dir), "--out", str(out),
-                 "--max-new-tokens", "3", "--no-progress"]) == 0
+    args = ["eval", "vqa", "--data", str(data), "--model", str(tiny_model_dir), "--out", str(out),
+            "--max-new-tokens", "3", "--no-progress"]
+    assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["systems"]) == {"model", "blind", "prior"}
+    assert report["settings"]["ocr"] == "auto" and report["settings"]["key_fields"] is True
+    assert main(args + ["--no-key-fields"]) == 2  # other grounding settings: refused, never mixed into this run
     # prior: "no" for yes/no questions (a 1-1 tie, broken alphabetically), "1" for the count
     assert report["systems"]["prior"]["accuracy"] == pytest.approx(2 / 3)
 
