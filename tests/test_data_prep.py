@@ -393,6 +393,22 @@ def test_sroie_prep_vendor_swaps(tmp_path, data_dir):
     assert changed >= len(swaps)
 
 
+def test_sroie_prep_chat_only(tmp_path, data_dir):
+    """--no-extraction: the same question and transcription records as a full run, without the JSON ones."""
+    base = ["sroie", "--src", str(data_dir / "sroie"), "--ocr", "dataset", "--limit", "20", "--questions", "2",
+            "--transcribe", "--swaps", "1", "--quiet"]
+    assert vlm_prep(base + ["--out", str(tmp_path / "all")]) == 0
+    assert vlm_prep(base + ["--out", str(tmp_path / "chat"), "--no-extraction"]) == 0
+    for split in ("train", "val"):
+        full = load_records(tmp_path / "all" / f"sroie_stage2_{split}.json")
+        chat = load_records(tmp_path / "chat" / f"sroie_stage2_{split}.json")
+        extraction = [r for r in full if _gpt(r).startswith("{")]  # JSON answers: extraction (and swaps)
+        assert extraction and chat and not [r for r in chat if _gpt(r).startswith("{")]
+        assert chat == [r for r in full if r not in extraction]
+    summary = json.loads((tmp_path / "chat" / "sroie_summary.json").read_text())
+    assert summary["config"]["extraction"] is False
+
+
 def test_sroie_full_vendor_split_is_disjoint_and_near_target(data_dir):
     from vlm.records import ImageChecker
     from vlm.prep.sroie import load_receipts, split_vendors, vendor_key

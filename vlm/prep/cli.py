@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sr.add_argument("--questions", type=int, default=2, help="single-field questions per receipt (0-4, default 2)")
     sr.add_argument("--transcribe", action="store_true",
                     help="add one OCR-grounded 'what does it say?' record per receipt (answer: the OCR text)")
+    sr.add_argument("--no-extraction", dest="extraction", action="store_false",
+                    help="leave the extraction records (OCR text -> JSON) out of stage 2: questions and "
+                         "transcriptions only, for a chat-only mix")
     sr.add_argument("--swaps", type=int, default=0,
                     help="vendor-swapped extraction records per train receipt: another vendor's company and "
                          "address rows put into the receipt's OCR text (default 0)")
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = SroiePrepConfig(
             src=args.src, out=args.out, ocr=args.ocr, seed=args.seed, limit=args.limit,
             val_fraction=args.val_fraction, max_val_group=args.max_val_group, questions=args.questions, swaps=args.swaps,
-            transcribe=args.transcribe,
+            transcribe=args.transcribe, extraction=args.extraction,
             absolute_paths=args.absolute_paths, decode_images=not args.no_decode, strict=args.strict,
         )
         _print_summary(prepare_sroie(cfg, progress=not args.quiet), cfg.out / "sroie_summary.json")

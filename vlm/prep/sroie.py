@@ -12,8 +12,8 @@ Outputs in ``out_dir`` (``{split}`` is ``train`` and ``val``; image paths relati
   ("What is the total?") -> the annotated value, verbatim, and (4) with ``transcribe``, one "what does it
   say?" question -> the OCR text. Questions (3, 4) are OCR-grounded exactly as chat grounds them at inference
   (:mod:`vlm.grounding`: the OCR block, then the question), half of them followed by the short-answer
-  instruction that ``vlm eval vqa`` appends; drop ids containing ``-ask-`` / ``-say-`` to train on
-  extraction alone.
+  instruction that ``vlm eval vqa`` appends. ``questions=0`` without ``transcribe`` gives extraction records
+  alone; ``extraction=False`` leaves (1, 2) out, for a chat-only mix.
 - ``sroie_vqa_{split}.jsonl`` (when ``questions`` > 0): the same single-field questions in the VQA evaluation
   format (``id``, ``image``, ``question``, ``answer``, ``field``), for ``vlm eval vqa --data``: the question
   alone, as a user asks it in chat (grounding adds the OCR text at inference).
@@ -67,6 +67,7 @@ class SroiePrepConfig:
     questions: int = 2  # single-field questions per receipt
     swaps: int = 0  # vendor-swapped extraction records per train receipt (see vlm.prep.vendor_swap)
     transcribe: bool = False  # one OCR-grounded "what does it say?" record per receipt
+    extraction: bool = True  # the two extraction records per receipt in stage 2 (off: questions, transcriptions)
     absolute_paths: bool = False
     decode_images: bool = True
     strict: bool = False
@@ -250,23 +251,25 @@ def field_questions(receipt: Receipt, seed: int, questions: int) -> list[tuple[s
 
 
 def stage2_records(receipt: Receipt, image: str, ocr_text: str, seed: int, questions: int,
-                   transcribe: bool = False, chat_text: str | None = None) -> list[dict]:
+                   transcribe: bool = False, chat_text: str | None = None, extraction: bool = True) -> list[dict]:
     """Extraction records (all four fields; a random subset), OCR-grounded single-field questions and, with
     ``transcribe``, an OCR-grounded "what does it say?" record for one receipt.
 
     Extraction always asks from the four SROIE fields, like inference's ``receipt`` template; a field the
     annotators left empty (one receipt has no printed address) is answered ``null``. Questions are only
     asked about annotated fields; half of them (seeded) end with the short-answer instruction.
-    ``chat_text``: the OCR block's text as chat shows it (:func:`vlm.grounding.page_text`, with the key fields
-    of a receipt); default ``ocr_text``. Extraction prompts and the transcription's answer use ``ocr_text``.
+    ``extraction=False`` leaves the two extraction records out. ``chat_text``: the OCR block's text as chat
+    shows it (:func:`vlm.grounding.page_text`, with the key fields of a receipt); default ``ocr_text``.
+    Extraction prompts and the transcription's answer use ``ocr_text``.
     """
-    chat_text = ocr_text if chat_text is None else chat_text
     from vlm.messages import SHORT_ANSWER
+
+    chat_text = ocr_text if chat_text is None else chat_text
 
     rng = rng_for(seed, receipt.id, "extract")
     subset = rng.sample(FIELDS, rng.randint(1, len(FIELDS) - 1))
     out = [extraction_record(f"sroie-{receipt.id}-{name}", image, ocr_text, receipt.entities, fields)
-           for name, fields in (("fields", list(FIELDS)), ("subset", subset))]
+           for name, fields in (("fields", list(FIELDS)), ("subset", subset)) if extraction]
     suffix = rng_for(seed, receipt.id, "suffix")
     for f, question in field_questions(receipt, seed, questions):
         if suffix.random() < 0.5:
@@ -336,9 +339,9 @@ def prepare_sroie(cfg: SroiePrepConfig, progress: bool = False) -> dict:
             finally:
                 ocr_seconds += time.perf_counter() - t
             stage2.extend(stage2_records(receipt, image, ocr_text, cfg.seed, cfg.questions, cfg.transcribe,
-                                         chat_text=chat_text))
+                                         chat_text=chat_text, extraction=cfg.extraction))
             extracted.append((receipt, image, ocr_text))
-        if split == "train" and cfg.swaps:
+        if split == "train" and cfg.swaps and cfg.extraction:
             stage2.extend(swapped_records(extracted, cfg.swaps, cfg.seed))
         for stage, records in (("stage1", stage1), ("stage2", stage2)):
             files[f"{stage}_{split}"] = str(write_checked(cfg.out, f"sroie_{stage}_{split}.json", records, images, acc))
@@ -347,7 +350,7 @@ def prepare_sroie(cfg: SroiePrepConfig, progress: bool = False) -> dict:
         "out": str(cfg.out),
         "config": {"ocr": cfg.ocr, "seed": cfg.seed, "limit": cfg.limit, "val_fraction": cfg.val_fraction,
                    "max_val_group": cfg.max_val_group, "questions": cfg.questions, "swaps": cfg.swaps,
-                   "transcribe": cfg.transcribe,
+                   "transcribe": cfg.transcribe, "extraction": cfg.extraction,
                    "absolute_paths": cfg.absolute_paths},
         "receipts": {"train": len(train), "val": len(val)},
         "vendor_groups": {"train": len(split_info["train_groups"]), "val": len(split_info["val_groups"])},
