@@ -149,10 +149,12 @@ ALL_TEXT_HEADER = "All text:\n"
 def key_fields(lines) -> dict[str, str]:
     """The receipt rules' values found on a page that reads as a receipt (``{}`` for any other page)."""
     from .extract import receipt_rules
+    from .extract.layout import ocr_rows
 
-    if not receipt_rules.reads_as_receipt(lines):
+    rows = ocr_rows(lines)  # built once: the rules read rows, and rows (plain strings) read as themselves
+    if not receipt_rules.reads_as_receipt(rows):
         return {}
-    return {name: value for name, value in receipt_rules.evidence(lines).items() if value}
+    return {name: value for name, value in receipt_rules.evidence(rows).items() if value}
 
 
 def page_text(lines, with_key_fields: bool = True) -> str:
