@@ -82,3 +82,4 @@ def test_bench_extract_section(tmp_path, data_dir):
     assert row["receipts"] == 2 and set(row["engines"]) == {"rapidocr", "tesseract"}
     for r in row["engines"].values():
         assert 0 < r["ocr_s"] and 0 < r["model_s"] and r["end_to_end_s"] <= r["end_to_end_max_s"]
+        assert 0 <= r["model_runs"] <= 2 and (r["end_to_end_model_s"] is None) == (r["model_runs"] == 0)

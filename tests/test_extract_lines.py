@@ -166,3 +166,32 @@ def test_choices_the_tokenizer_cannot_write_are_dropped(tiny, aeon):
     assert m.feed(m.start(), head + ' J') is None
     m = _machine(doc, format_ocr(lines), lines, {}, writable)
     assert m.feed(m.start(), head + ' JLN JEJAKA, TAMAN MALURI", "total": ') is not None
+
+
+def test_the_model_does_not_run_where_the_rules_decide_every_field(tiny, aeon, data_dir, monkeypatch):
+    """A reader field comes back as the reader's value whatever the model writes (its value or null, then
+    filled), so where the receipt rules decide all four fields the model is skipped, with the same result."""
+    import vlm.extract.extract as ex
+
+    image, lines, _ = aeon
+    doc = resolve_schema(template="receipt")
+    ev = receipt_rules.evidence(lines)
+    assert all(ev.values()) and ex.reader_decided(tiny, doc, lines) == ev
+    with monkeypatch.context() as m:  # the model decides: the shortcut off
+        m.setattr(ex, "_reader_decides", lambda *a: None)
+        by_model = tiny.extract(image, template="receipt")
+
+    def no_model(*a, **kw):
+        raise AssertionError("the model ran on a receipt the rules decide")
+
+    monkeypatch.setattr(tiny, "generate", no_model)
+    assert tiny.extract(image, template="receipt") == by_model
+    # the rules find no address with a postcode on this one: the model has a field to decide
+    other = run_ocr(data_dir / "sroie" / "images" / "X51005447861.jpg")
+    assert ex.reader_decided(tiny, doc, other) is None
+    with pytest.raises(AssertionError, match="the model ran"):
+        tiny.extract(data_dir / "sroie" / "images" / "X51005447861.jpg", template="receipt")
+    # a schema field outside the reader's (or a reader value the tokenizer cannot write) leaves it to the model
+    assert ex.reader_decided(tiny, resolve_schema(fields=["company", "date", "phone"]), lines) is None
+    t = replace(get_template("receipt"), reader=lambda ls: {**ev, "company": "CAFÉ À LA CARTE"})
+    assert ex.reader_decided(tiny, resolve_schema(template=t), lines) is None
