@@ -26,6 +26,11 @@ def test_dates():
     assert find_dates("TEL 03-3279 1851") == []
     assert find_dates("INV 99/99/9999") == []  # not a calendar date
     assert extract_date(["INVOICE 01/01/2017 REF", "DATE : 05/03/2018"]) == "05/03/2018"
+    # a scan that runs the date into the time (SROIE train receipts)
+    assert find_dates("Date :19-03-201818:08:38 Descri") == ["19-03-2018"]
+    assert find_dates("25/01/20181:22:56PM TAX") == ["25/01/2018"]
+    assert find_dates("[Sales]2018-01-0522:55:25 PosNo") == ["2018-01-05"]
+    assert find_dates("REF 12/03/20185 ") == []  # digits after the year that are not a time
 
 
 def test_total_prefers_rounded_and_skips_subtotals_tax_and_payment():
@@ -34,6 +39,11 @@ def test_total_prefers_rounded_and_skips_subtotals_tax_and_payment():
     assert extract_total(rows) == "33.90"
     assert extract_total(["NETT TOTAL: RM8.20", "CASH RM8.20"]) == "RM8.20"  # attached currency kept as printed
     assert extract_total(["APPLE 1.20", "PEAR 3.40", "CASH 10.00", "CHANGE 5.40"]) == "3.40"  # no keyword
+    # the total incl. GST, then the same sum rounded to 5 sen on a row below: the rounded one was paid
+    assert extract_total(["Total RM Incl. of GST 49.39", "Total RM 49.40", "CASH 50.00"]) == "49.40"
+    assert extract_total(["Total Sales (Inclusive GST) RM 45.34", "Rounding RM 45.35", "CREDIT RM 45.35"]) == "45.35"
+    assert extract_total(["TOTAL 49.39", "CASH 50.00", "CHANGE 0.61"]) == "49.39"  # nothing rounded printed
+    assert extract_total(["TOTAL 49.39", "GST SUMMARY", "49.40"]) == "49.39"  # not from the tax table
 
 
 def test_company_and_address_from_a_receipt_header():
