@@ -57,6 +57,10 @@ def test_company_and_address_from_a_receipt_header():
     out = extract_fields(rows)
     assert out["company"] == "AIK HUAT HARDWARE ENTERPRISE (SETIA ALAM) SDN BHD"
     assert out["address"] == "NO. 17-G, JALAN SETIA INDAH"
+    # the recogniser's 5/S and O/D slips in a legal suffix are put right; other words are left alone
+    assert extract_fields(["99 SPEED MART 5/B (519537-X)", "LOT P.T. 2811, JALAN ANGSA,"])["company"] == "99 SPEED MART S/B"
+    assert extract_fields(["SUN VICTORY SON BHD", "(No.193573-M)"])["company"] == "SUN VICTORY SDN BHD"
+    assert extract_fields(["MASON BHD", "(No.193573-M)"])["company"] == "MASON BHD"
 
 
 def test_zero_shot_reply_parsing():

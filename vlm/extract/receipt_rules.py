@@ -233,8 +233,16 @@ def _company_span(rows: Sequence[str], top: int = 10) -> tuple[int, int] | None:
     return None
 
 
+# OCR misreads of the Malaysian company suffixes, seen on SROIE train receipts: "5/B" for "S/B", "SON BHD" for
+# "SDN BHD" (the 0/O and 5/S confusions of a small recogniser).
+_SUFFIX_FIXES = [(re.compile(r"(?<=\s)5/B\b"), "S/B"), (re.compile(r"\bS[O0]N(\.?\s*BHD)"), r"SDN\1")]
+
+
 def _clean_company(text: str) -> str:
-    return strip_registration(text).upper() or None
+    text = strip_registration(text).upper()
+    for pattern, fixed in _SUFFIX_FIXES:
+        text = pattern.sub(fixed, text)
+    return text or None
 
 
 def extract_company_address(rows: Sequence[str]) -> tuple[str | None, str | None]:
