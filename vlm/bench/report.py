@@ -14,7 +14,7 @@ def merge(results: list[dict], command: str) -> dict:
     """One result from runs of separate sections (e.g. inference and training run side by side)."""
     out = dict(results[0])
     for r in results[1:]:
-        for key in ("inference", "roofline", "training", "clip", "extract"):
+        for key in ("inference", "roofline", "llamacpp", "training", "clip", "extract"):
             if key in r and key not in out:
                 out[key] = r[key]
         out["load_after"] = r.get("load_after", out.get("load_after"))
