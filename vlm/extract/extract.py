@@ -122,16 +122,16 @@ def extract_page(vlm, image, lines: list[OcrLine], doc: DocSchema, opts: Generat
     ocr_text = format_ocr(lines)
     if not ocr_text.strip():
         return {} if doc.freeform else doc.empty()
+    evidence = _evidence(doc, lines) if ground else {}
+    writable = _writable(vlm)
+    decided = _reader_decides(doc, evidence, writable)
+    if decided is not None:  # before any prompt work: the model will not run
+        return decided
     shown = fit_ocr_text(vlm, doc, ocr_text, opts.max_new_tokens)
     # the grammar decides what may follow: only the sampling options carry over (no stop strings,
     # repetition rules or beams to fight it); the OCR text is in the prompt already
     plain = GenerationOptions(max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, top_p=opts.top_p,
                               seed=opts.seed)
-    evidence = _evidence(doc, lines) if ground else {}
-    writable = _writable(vlm)
-    decided = _reader_decides(doc, evidence, writable)
-    if decided is not None:
-        return decided
     machine = _machine(doc, ocr_text if ground else None, lines, evidence, writable)
     prepared = vlm.prepare([user_turn(image, _prompt(doc, shown))], plain, ocr="never", answer_format=machine)
     tally = generation.Tally()
