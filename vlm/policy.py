@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 import torch
 
 # Chosen by the calibration on Flickr8k train (vlm/eval/policy_calibration.py, vlm-tiny's CLIP): the bare phrase
-# (the LiT text tower was trained on captions) against everyday caption subjects separated best: 53% of the
-# probes' positives blocked at 5% of their negatives (34.5% with "a photo of {}." and scene phrases).
+# (the LiT text tower was trained on captions) against everyday caption subjects separated best: 57% of the
+# probes' positives blocked at 5% of their negatives (43% with "a photo of {}." and scene phrases).
 TEMPLATE = "{}"
 NEUTRAL = ("a man", "a woman", "a person", "people", "a child", "a girl", "a boy", "a crowd", "a building", "a room")
-DEFAULT_THRESHOLD = 0.77  # 5% of train negatives blocked, pooled over 10 probe policies (docs/clip.md)
+DEFAULT_THRESHOLD = 0.66  # 5% of train negatives blocked, pooled over 10 probe policies (docs/clip.md)
 
 
 @dataclass(frozen=True)
