@@ -65,6 +65,13 @@ def test_strip_registration_and_rules_share_layout():
         LineChoice(top=0)
 
 
+def test_a_total_keeps_its_currency_only_when_written_against_the_number():
+    assert receipt_rules.labelled_total(["TOTAL RM9.00", "CASH 10.00"]) == "RM9.00"
+    assert receipt_rules.labelled_total(["TOTAL RM 9.00"]) == "9.00"
+    assert receipt_rules.labelled_total(["TOTAL RM\t9.00"]) == "9.00"  # a tab sets it apart like a space
+    assert receipt_rules.labelled_total(["GRAND TOTAL $1,234.50"]) == "$1,234.50"
+
+
 def test_line_fields_decode_to_whole_rows_only(aeon):
     _, lines, _ = aeon
     t = replace(get_template("receipt"), lines={"company": LineChoice(8, 2, True), "address": LineChoice(8, 4)})

@@ -104,13 +104,11 @@ _NOT_TOTAL = re.compile(
 _PAYMENT = re.compile(r"\bCASH\b|\bCHANGE\b|TENDER|\bPAID\b|VISA|MASTER|CARD|BALANCE|BAKI")
 
 
-KEEP_CURRENCY = True
-
-
 def _amounts(row: str) -> list[str]:
-    """Amounts on a row; with ``KEEP_CURRENCY`` an attached RM/$ prefix is kept as written."""
-    return [m.group(1).upper() + m.group(2) if KEEP_CURRENCY and m.group(1).strip() and not m.group(1).endswith(" ")
-            else m.group(2) for m in _AMOUNT.finditer(row)]
+    """Amounts on a row; an RM/$ prefix written against the number (``RM9.00``) is kept, one set apart by any
+    whitespace (``RM 9.00``, ``RM\t9.00``) is not."""
+    return [m.group(1).upper() + m.group(2) if m.group(1) and not m.group(1)[-1].isspace() else m.group(2)
+            for m in _AMOUNT.finditer(row)]
 
 
 def _value(amount: str) -> float:
