@@ -68,6 +68,20 @@ def test_locate_tab_split_cells_typed_values_and_pages():
     assert found["paid"] == []
 
 
+def test_locate_finds_a_corrected_misread_and_a_date_against_the_time_but_not_short_or_absent_values():
+    lines = [L("SUN VICTORY SON BHD", 0, 0, 200, 20), L("99 SPEED MART 5/B (519537-X)", 0, 30, 250, 50),
+             L(":19-03-201818:08:38", 0, 60, 200, 80), L("TOTAL 112.30", 0, 90, 200, 110)]
+    found = locate(lines, {"company": "SUN VICTORY SDN BHD", "shop": "99 SPEED MART S/B", "date": "19-03-2018",
+                           "amount": "12.30", "phone": "03-1234 5678", "other": "MOON VICTORY TRADING"})
+    assert texts(found["company"]) == ["SUN VICTORY SON BHD"]  # "SON" read for "SDN", corrected by the rules
+    assert texts(found["shop"]) == ["99 SPEED MART 5/B (519537-X)"]
+    assert texts(found["date"]) == [":19-03-201818:08:38"]  # printed against the time, no word boundary
+    assert found["amount"] == []  # under CLOSE_MIN_CHARS: "12.30" inside "112.30" is not its source
+    assert found["phone"] == [] and found["other"] == []
+    exact = locate([*lines, L("SUN VICTORY SDN BHD", 0, 0, 200, 20, page=2)], {"company": "SUN VICTORY SDN BHD"})
+    assert [(b.page, b.text) for b in exact["company"]] == [(2, "SUN VICTORY SDN BHD")]  # as written wins
+
+
 def test_draw_sources_and_annotate_pages():
     page = Image.new("RGB", (400, 300), "white")
     sources = locate(RECEIPT, {"company": "BOOK TA .K (TAMAN DAYA) SDN BHD", "total": "12.30", "date": None})

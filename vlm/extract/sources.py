@@ -16,6 +16,10 @@ lines the same way, so a value found there maps back to the lines its characters
   covering most of its lines' text (a whole line over a fragment); the first in reading order;
 - a typed value that is not text any more (a number from a ``"type": "number"`` schema, an ISO date from
   ``"format": "date"``) is matched against the amounts / dates printed on the page, parsed the same way;
+- a value of at least :data:`CLOSE_MIN_CHARS` characters found nowhere as written (a reader corrected an OCR
+  misread, ``"SUN VICTORY SDN BHD"`` from ``"SUN VICTORY SON BHD"``; a date printed against the time,
+  ``"19-03-201818:08:38"``) gives the run of up to four consecutive lines holding the closest copy: at
+  least :data:`CLOSE_SHARE` of its characters, in order, within a stretch not much longer than the value;
 - ``None``, booleans and values found nowhere get no boxes.
 
 Boxes are whole OCR line boxes (``x0, y0, x1, y1`` in page-image pixels), as the engines return them.
@@ -26,6 +30,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from difflib import SequenceMatcher
+from itertools import chain
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -34,6 +40,13 @@ from ..ocr_line import OcrLine
 #: Distinct colours, one per field in field order (cycled past ten fields).
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#0fa3b1", "#f032e6", "#808000",
            "#9a6324", "#000075")
+
+
+#: A value found nowhere as written is looked for approximately only from this length (shorter ones, "2.30" in
+#: "12.30", would find false sources) ...
+CLOSE_MIN_CHARS = 8
+#: ... and matches a stretch of lines holding at least this share of its characters in order.
+CLOSE_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -152,13 +165,37 @@ def _best(page: _Page, spans: list[tuple[int, int]], words: list[str]):
     return best
 
 
+def _close(page: _Page, value: str, max_lines: int = 4):
+    """The closest copy of ``value`` in up to ``max_lines`` consecutive lines (module docstring) as (rank key,
+    line indices), or None."""
+    if len(value) < CLOSE_MIN_CHARS:
+        return None
+    best = None
+    for i in range(len(page.lines)):
+        for j in range(i, min(i + max_lines, len(page.lines))):
+            start, end = page.spans[i][0], page.spans[j][1]
+            blocks = [b for b in SequenceMatcher(None, value, page.corpus[start:end], autojunk=False)
+                      .get_matching_blocks() if b.size]
+            share = sum(b.size for b in blocks) / len(value)
+            if share < CLOSE_SHARE:
+                continue
+            s, e = start + blocks[0].b, start + blocks[-1].b + blocks[-1].size
+            if e - s > 1.15 * len(value) + 2:
+                continue
+            key = (-share, e - s)
+            if best is None or key < best[0]:
+                best = (key, page.touched(s, e))
+    return best
+
+
 def locate(lines: list[OcrLine], values: dict) -> dict[str, list[SourceBox]]:
     """For each key of ``values``, the boxes of the OCR lines its value came from (``[]`` when none).
 
     ``lines``: the document's OCR lines in reading order, with their ``page`` (as :func:`vlm.ocr.run_ocr` /
     :meth:`vlm.VLM.ocr` return them); ``values``: extracted values, raw strings or typed (an extraction
     result dict). See the module docstring for the matching rules. A value is looked for on one page at a time
-    and, found on several, taken from the first page that has it.
+    and, found on several, taken from the first page that has it; approximately only when no page has it as
+    written.
     """
     pages: dict[int, list[OcrLine]] = {}
     for line in lines:
@@ -171,13 +208,13 @@ def locate(lines: list[OcrLine], values: dict) -> dict[str, list[SourceBox]]:
             continue
         text = _norm(value) if isinstance(value, str) else None
         words = _label_words(str(name))
-        for page in corpora:
-            spans = page.occurrences(text) if text else []
-            found = _best(page, spans, words) or _best(page, _typed_hits(page, value), words)
-            if found is not None:
-                out[name] = [SourceBox(page.lines[i].page, tuple(page.lines[i].box), page.lines[i].text)
-                             for i in found[1]]
-                break
+        exact = ((page, _best(page, page.occurrences(text) if text else [], words)
+                  or _best(page, _typed_hits(page, value), words)) for page in corpora)
+        close = ((page, _close(page, text) if text else None) for page in corpora)
+        page, found = next(((p, f) for p, f in chain(exact, close) if f is not None), (None, None))
+        if found is not None:
+            out[name] = [SourceBox(page.lines[i].page, tuple(page.lines[i].box), page.lines[i].text)
+                         for i in found[1]]
     return out
 
 
