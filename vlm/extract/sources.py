@@ -19,7 +19,8 @@ lines the same way, so a value found there maps back to the lines its characters
 - a value of at least :data:`CLOSE_MIN_CHARS` characters found nowhere as written (a reader corrected an OCR
   misread, ``"SUN VICTORY SDN BHD"`` from ``"SUN VICTORY SON BHD"``; a date printed against the time,
   ``"19-03-201818:08:38"``) gives the run of up to four consecutive lines holding the closest copy: at
-  least :data:`CLOSE_SHARE` of its characters, in order, within a stretch not much longer than the value;
+  least :data:`CLOSE_SHARE` of its characters, in order, within a stretch not much longer than the value,
+  and one of its words (of three characters or more) as written;
 - ``None``, booleans and values found nowhere get no boxes.
 
 Boxes are whole OCR line boxes (``x0, y0, x1, y1`` in page-image pixels), as the engines return them.
@@ -170,16 +171,21 @@ def _close(page: _Page, value: str, max_lines: int = 4):
     line indices), or None."""
     if len(value) < CLOSE_MIN_CHARS:
         return None
-    best = None
+    best, words = None, [w for w in value.split() if len(w) >= 3] or [value]
+    matcher = SequenceMatcher(None, autojunk=False)
+    matcher.set_seq2(value)  # the matcher indexes its second sequence once
     for i in range(len(page.lines)):
         for j in range(i, min(i + max_lines, len(page.lines))):
             start, end = page.spans[i][0], page.spans[j][1]
-            blocks = [b for b in SequenceMatcher(None, value, page.corpus[start:end], autojunk=False)
-                      .get_matching_blocks() if b.size]
+            window = page.corpus[start:end]
+            if not any(w in window for w in words):  # a close copy keeps at least one word as written
+                continue
+            matcher.set_seq1(window)
+            blocks = [b for b in matcher.get_matching_blocks() if b.size]
             share = sum(b.size for b in blocks) / len(value)
             if share < CLOSE_SHARE:
                 continue
-            s, e = start + blocks[0].b, start + blocks[-1].b + blocks[-1].size
+            s, e = start + blocks[0].a, start + blocks[-1].a + blocks[-1].size
             if e - s > 1.15 * len(value) + 2:
                 continue
             key = (-share, e - s)
