@@ -164,3 +164,20 @@ def test_vlm_tiny_total_box_is_on_the_total_row_of_a_real_receipt(data_dir):
     assert total.box in [ln.box for ln in lines]
     for name, value in result.items():
         assert (value is None) == (boxes[name] == []), name
+
+
+@pytest.mark.real
+def test_a_company_the_rules_corrected_gets_the_box_of_its_misread_line(data_dir):
+    """A real SROIE receipt whose name rapidocr reads "SUN VICTORY SON BHD": the receipt rules correct the
+    suffix, and the value still points at the line it was read from."""
+    from vlm.extract.receipt_rules import extract_fields
+    from vlm.ocr import run_ocr
+
+    record = next(r for r in map(json.loads, (data_dir / "sroie" / "train.jsonl").read_text().splitlines())
+                  if r["id"] == "X51005675095")
+    lines = run_ocr(data_dir / "sroie" / record["image"])
+    values = extract_fields(lines)
+    assert values["company"] == record["entities"]["company"] == "SUN VICTORY SDN BHD"
+    assert values["company"] not in " ".join(line.text for line in lines)  # not printed as written
+    (box,) = locate(lines, values)["company"]
+    assert box.text.upper().startswith("SUN VICTORY S") and box.box in [line.box for line in lines]
