@@ -399,8 +399,10 @@ def test_health_is_served_during_the_shutdown_drain(tiny_server):
     """Keep last: it stops the module's server."""
     tiny_server.wait_idle()
     lines: list = []
-    body = {"model": "vlm-tiny", "messages": ask("Keep going, a long story."), "max_tokens": 300,
-            "temperature": 1.0, "stream": True}
+    # greedy: this prompt runs to max_tokens (about 15 s, past the 8 s grace). Sampled, a story sometimes ended in
+    # a few tokens, before the SIGTERM, and the server, with nothing to drain, was gone when /health was asked.
+    body = {"model": "vlm-tiny", "messages": ask("Write a very long story about a dog, with many chapters."),
+            "max_tokens": 300, "temperature": 0.0, "stream": True}
 
     def stream():
         with httpx.stream("POST", f"{tiny_server.url}/v1/chat/completions", json=body, timeout=60) as resp:
@@ -411,6 +413,7 @@ def test_health_is_served_during_the_shutdown_drain(tiny_server):
     deadline = time.monotonic() + 30
     while tiny_server.health()["running"] == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert tiny_server.health()["running"] == 1, "the story to drain never started"
     tiny_server.signal(signal.SIGTERM)
     time.sleep(0.3)
     health = httpx.get(f"{tiny_server.url}/health", timeout=5)  # still answering while it drains
@@ -420,7 +423,7 @@ def test_health_is_served_during_the_shutdown_drain(tiny_server):
     assert error_of(late, 503)["code"] == "shutting_down" and int(late.headers["retry-after"]) >= 1
     assert tiny_server.proc.wait(40) == 0
     worker.join(10)
-    assert lines[-1] == "data: [DONE]"
+    assert lines[-1] == "data: [DONE]" and len(lines) > 2  # the story ran on into the drain, then closed cleanly
 
 
 # -- a small soak -------------------------------------------------------------------------------------------
