@@ -32,7 +32,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from difflib import SequenceMatcher
-from itertools import chain
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -214,14 +213,19 @@ def locate(lines: list[OcrLine], values: dict) -> dict[str, list[SourceBox]]:
             continue
         text = _norm(value) if isinstance(value, str) else None
         words = _label_words(str(name))
-        exact = ((page, _best(page, page.occurrences(text) if text else [], words)
-                  or _best(page, _typed_hits(page, value), words)) for page in corpora)
-        close = ((page, _close(page, text) if text else None) for page in corpora)
-        page, found = next(((p, f) for p, f in chain(exact, close) if f is not None), (None, None))
-        if found is not None:
-            out[name] = [SourceBox(page.lines[i].page, tuple(page.lines[i].box), page.lines[i].text)
-                         for i in found[1]]
+        hit = _first_page(corpora, lambda page: _best(page, page.occurrences(text) if text else [], words)
+                          or _best(page, _typed_hits(page, value), words))
+        if hit is None and text:
+            hit = _first_page(corpora, lambda page: _close(page, text))
+        if hit is not None:
+            page, (_, idx) = hit
+            out[name] = [SourceBox(page.lines[i].page, tuple(page.lines[i].box), page.lines[i].text) for i in idx]
     return out
+
+
+def _first_page(corpora: list[_Page], search):
+    """``(page, found)`` for the first page on which ``search(page)`` finds something, or None."""
+    return next(((page, found) for page in corpora if (found := search(page)) is not None), None)
 
 
 # -- drawing ------------------------------------------------------------------------------------------
